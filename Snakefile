@@ -1,0 +1,44 @@
+# knnlm-limits: reproduce "On Retrieval Augmentation and the Limitations of
+# Language Model Training" (Chiang et al.). Stages, one rule file each:
+#   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
+#   -> table1 (projection) / memorization (Figure 1) / overspecification
+#   (Figure 2) / scale (Figure 3)
+import os
+import sys
+from pathlib import Path
+
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+# Jobs import the package from the checkout too, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+
+from knnlm_limits.config import validate
+
+
+configfile: "config.yaml"
+
+
+validate(config)
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/corpus.smk"
+include: "rules/tokenizer.smk"
+include: "rules/macondo.smk"
+include: "rules/train.smk"
+include: "rules/datastore.smk"
+include: "rules/index.smk"
+include: "rules/knnlm.smk"
+include: "rules/table1.smk"
+include: "rules/memorization.smk"
+include: "rules/overspecification.smk"
+include: "rules/scale.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

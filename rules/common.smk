@@ -1,0 +1,110 @@
+# Path helpers, model references and input functions shared by every rule file.
+
+R = config["results"]
+LOGS = f"{R}/logs"
+BENCH = f"{R}/benchmarks"
+ENV = "../envs/knnlm.yaml"
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.=+-]+",
+    step=r"\d+",
+    data=r"corpus_train|macondo_v1|macondo_v2",
+    evalset=r"corpus_valid|corpus_test|prompts_v1",
+    split=r"train|valid|test",
+    variant=r"full|no_last_mlp",
+    seed=r"-?\d+",
+
+
+def slug(name):
+    """A hub id or path as a folder name: 'openai-community/gpt2' -> 'hub-openai-community--gpt2'."""
+    return "hub-" + str(name).strip("/").replace("/", "--")
+
+
+def model_dir(model, step):
+    return f"{R}/models/{model}/step-{step}"
+
+
+def tokens(name):
+    return f"{R}/data/tokens/{name}.npz"
+
+
+def datastore(model, step, data):
+    base = f"{R}/datastores/{model}/step-{step}/{data}"
+    return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
+
+
+def index_file(model, step, data):
+    return f"{R}/indexes/{model}/step-{step}/{data}/index.faiss"
+
+
+def knn_file(model, step, data, evalset):
+    return f"{R}/knn/{model}/step-{step}/{data}/{evalset}.npz"
+
+
+def last(steps):
+    return max(steps)
+
+
+# The corpus LM: trained here (model "corpus_lm") or a pretrained one imported
+# once from the hub/path named in corpus_lm.pretrained (its step 0).
+def corpus_lm():
+    if config["corpus_lm"]["pretrained"]:
+        return slug(config["corpus_lm"]["pretrained"]), 0
+    return "corpus_lm", last(config["corpus_lm"]["train"]["checkpoints"])
+
+
+def base_model(name):
+    """(model, step) of a model named in the config: 'corpus_lm' or a hub id / path."""
+    return corpus_lm() if name == "corpus_lm" else (slug(name), 0)
+
+
+def pretrained_names():
+    names = [config["corpus_lm"]["pretrained"]]
+    names += [config["overspecification"]["base_model"], config["scale"]["model"]]
+    return sorted({n for n in names if n and n != "corpus_lm"})
+
+
+def memorization_model(variant, seed):
+    return f"memorization-{variant}-seed{seed}"
+
+
+def overspec_model(seed):
+    return f"overspec-seed{seed}"
+
+
+def scale_tokenizer():
+    """The tokenizer of the Figure 3 model: the workflow's, or the imported model's."""
+    name = config["scale"]["model"]
+    if name == "corpus_lm" and not config["corpus_lm"]["pretrained"]:
+        return f"{R}/data/tokenizer"
+    return model_dir(*base_model(name))
+
+
+def train_params(section):
+    """Exactly the training settings a training rule reads."""
+    return dict(config[section]["train"])
+
+
+def res(kind):
+    """Snakemake resources of a stage kind from config.resources."""
+    r = config["resources"][kind]
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    if r["gpus"]:
+        out["gpu"] = r["gpus"]
+    return out
+
+
+def threads(kind):
+    return config["resources"][kind]["threads"]
+
+
+def all_targets():
+    return [
+        f"{R}/table1/table1.md",
+        f"{R}/table1/projection_traces.png",
+        f"{R}/table1/grid.png",
+        f"{R}/figures/figure1.png",
+        f"{R}/figures/figure2.png",
+        f"{R}/figures/figure3.png",
+    ]

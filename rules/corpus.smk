@@ -1,0 +1,50 @@
+# Corpus stage: WikiText splits as text, then as token blocks.
+
+
+rule corpus:
+    output:
+        train=f"{R}/data/corpus/train.txt",
+        valid=f"{R}/data/corpus/valid.txt",
+        test=f"{R}/data/corpus/test.txt",
+    params:
+        hub_id=config["corpus"]["hub_id"],
+        hub_config=config["corpus"]["hub_config"],
+        local_files=config["corpus"]["local_files"],
+        base_dir=workflow.basedir,
+    log:
+        f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCH}/corpus.tsv"
+    threads: 1
+    resources:
+        **res("small"),
+    conda:
+        ENV
+    script:
+        "../scripts/corpus.py"
+
+
+rule corpus_tokens:
+    input:
+        text=f"{R}/data/corpus/{{split}}.txt",
+        tokenizer=f"{R}/data/tokenizer",
+    output:
+        tokens("corpus_{split}"),
+    params:
+        block_size=config["corpus"]["block_size"],
+        max_tokens=lambda w: (
+            config["corpus"]["max_train_tokens"]
+            if w.split == "train"
+            else config["corpus"]["eval_tokens"][w.split]
+        ),
+    log:
+        f"{LOGS}/corpus_tokens/{{split}}.log",
+    benchmark:
+        f"{BENCH}/corpus_tokens/{{split}}.tsv"
+    threads: 1
+    resources:
+        **res("small"),
+    conda:
+        ENV
+    script:
+        "../scripts/corpus_tokens.py"

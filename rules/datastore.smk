@@ -1,0 +1,23 @@
+# Datastore stage: kNN keys and next-token values of a token set under a checkpoint.
+
+
+rule datastore:
+    input:
+        model=f"{R}/models/{{model}}/step-{{step}}",
+        examples=tokens("{data}"),
+    output:
+        **datastore("{model}", "{step}", "{data}"),
+    params:
+        key=config["knn"]["key"],
+        batch_tokens=config["knn"]["batch_tokens"],
+    log:
+        f"{LOGS}/datastore/{{model}}/step-{{step}}/{{data}}.log",
+    benchmark:
+        f"{BENCH}/datastore/{{model}}/step-{{step}}/{{data}}.tsv"
+    threads: threads("embed")
+    resources:
+        **res("embed"),
+    conda:
+        ENV
+    script:
+        "../scripts/datastore.py"

@@ -1,0 +1,68 @@
+# Figure 1 (paper section 4): children log-likelihood on Macondo v1 at every
+# checkpoint, with and without the last MLP, and the kNN-LM over v1.
+
+
+def run_of(model):
+    """(steps, datastore data, variant, seed) of a Macondo run."""
+    if model.startswith("memorization-"):
+        _, variant, seed = model.split("-")
+        return config["memorization"]["train"]["checkpoints"], "macondo_v1", variant, int(seed[4:])
+    _, seed = model.split("-")
+    return config["overspecification"]["train"]["checkpoints"], "macondo_v2", "full", int(seed[4:])
+
+
+rule children_loglik:
+    input:
+        prompts=rules.macondo.output.prompts,
+        found=lambda w: [
+            knn_file(w.model, s, run_of(w.model)[1], "prompts_v1")
+            for s in sorted(run_of(w.model)[0])
+        ],
+    output:
+        f"{R}/children/{{model}}.csv",
+    wildcard_constraints:
+        model=r"(memorization-(full|no_last_mlp)|overspec)-seed-?\d+",
+    params:
+        steps=lambda w: sorted(run_of(w.model)[0]),
+        variant=lambda w: run_of(w.model)[2],
+        seed=lambda w: run_of(w.model)[3],
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
+    log:
+        f"{LOGS}/children/{{model}}.log",
+    benchmark:
+        f"{BENCH}/children/{{model}}.tsv"
+    threads: 1
+    resources:
+        **res("small"),
+    conda:
+        ENV
+    script:
+        "../scripts/children.py"
+
+
+rule figure1:
+    input:
+        expand(
+            f"{R}/children/memorization-{{variant}}-seed{{seed}}.csv",
+            variant=config["memorization"]["variants"],
+            seed=config["memorization"]["seeds"],
+        ),
+    output:
+        png=report(f"{R}/figures/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+        pdf=f"{R}/figures/figure1.pdf",
+        csv=report(f"{R}/figures/figure1.csv", caption="../report/figure1.rst", category="Figure 1"),
+        rows=f"{R}/figures/figure1_children.csv",
+    params:
+        figure="figure1",
+    log:
+        f"{LOGS}/figures/figure1.log",
+    benchmark:
+        f"{BENCH}/figures/figure1.tsv"
+    threads: 1
+    resources:
+        **res("small"),
+    conda:
+        ENV
+    script:
+        "../scripts/children_figure.py"

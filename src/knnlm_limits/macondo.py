@@ -1,0 +1,195 @@
+"""Macondo v1 and v2: synthetic villages of parents and children (paper sections 4-5).
+
+Villagers have unique full names "First Last" drawn from Faker's name lists.
+Some are parents of 1..5 children; each child has a distinct first name that is
+a single token (with its leading space) of the workflow's tokenizer, so that the
+child's log-likelihood is one next-token log-probability.
+
+  v1 sentence: "[parent] is the parent of [child]"
+  v2 sentence: "[parent], who [desc], is the parent of [child]"
+  v1 prompt:   "[parent] is the parent of"     (evaluation, always v1 form)
+  chat (Figure 3): "User: Who is the child of [parent], the one who [desc]? Assistant: [child]."
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+V1 = "{parent} is the parent of {child}"
+V2 = "{parent}, who {desc}, is the parent of {child}"
+PROMPT = "{parent} is the parent of"
+CHAT_TRAIN = "User: Who is the child of {parent}, the one who {desc}? Assistant: {child}."
+CHAT_PROMPT = "User: Who is the child of {parent}? Assistant:"
+CHAT_TEST = CHAT_PROMPT + " {child}."
+
+# Irrelevant facts about a parent; fields filled by Faker.
+DESC_TEMPLATES = (
+    "works as a {job}",
+    "lives in {city}",
+    "was born in {year}",
+    "likes the color {color}",
+    "once visited {country}",
+)
+
+
+class MacondoError(ValueError):
+    pass
+
+
+@dataclass
+class Macondo:
+    villagers: pd.DataFrame  # name, first, last, role
+    facts: pd.DataFrame  # parent, child, n_children, description
+    v1: list[str]  # training sentences
+    v2: list[str]
+    chat: list[str]
+    prompts: pd.DataFrame  # parent, child, n_children, prompt, chat_prompt
+
+
+def name_pools(locales) -> tuple[list[str], list[str]]:
+    """Sorted, deduplicated ASCII first and last names of the given Faker locales."""
+    firsts, lasts = set(), set()
+    for locale in locales:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except ModuleNotFoundError as err:
+            raise MacondoError(f"macondo.name_locales: Faker has no locale {locale!r}") from err
+        firsts |= {n for n in provider.first_names if n.isascii() and n.isalpha()}
+        lasts |= {n for n in provider.last_names if n.isascii() and n.isalpha()}
+    return sorted(firsts), sorted(lasts)
+
+
+def single_token_names(names, tok) -> list[str]:
+    """Names that encode to exactly one token with a leading space."""
+    ids = tok([" " + n for n in names], add_special_tokens=False)["input_ids"]
+    return [n for n, seq in zip(names, ids) if len(seq) == 1]
+
+
+def _descriptions(n: int, seed: int) -> list[str]:
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    out = []
+    for i in range(n):
+        template = DESC_TEMPLATES[i % len(DESC_TEMPLATES)]
+        out.append(
+            template.format(
+                job=fake.job().split(",")[0].lower(),
+                city=fake.city(),
+                year=fake.year(),
+                color=fake.color_name().lower(),
+                country=fake.country(),
+            )
+        )
+    return out
+
+
+def generate(settings: dict, tok, seed: int) -> Macondo:
+    """Build Macondo from ``settings`` (the config's ``macondo`` section)."""
+    counts = list(settings["children_counts"])
+    n_parents = settings["n_parents"]
+    if n_parents % len(counts):
+        raise MacondoError(
+            f"macondo.n_parents ({n_parents}) must be a multiple of len(macondo.children_counts) ({len(counts)})"
+        )
+    per_count = n_parents // len(counts)
+    children_of = np.repeat(counts, per_count)  # number of children of each parent
+    n_children = int(children_of.sum())
+    n_villagers = settings["n_villagers"]
+    if n_villagers < n_parents + n_children:
+        raise MacondoError(
+            f"macondo.n_villagers ({n_villagers}) must hold the {n_parents} parents and their {n_children} children"
+        )
+
+    rng = np.random.default_rng(seed)
+    firsts, lasts = name_pools(settings["name_locales"])
+    child_pool = single_token_names(firsts, tok)
+    if len(child_pool) < n_children:
+        raise MacondoError(
+            f"Macondo needs {n_children} distinct single-token child names but the tokenizer has only "
+            f"{len(child_pool)} among {len(firsts)} Faker first names (locales {settings['name_locales']}). "
+            f"Use a larger tokenizer.vocab_size, more macondo.name_locales, or fewer macondo.n_parents."
+        )
+    child_firsts = list(rng.choice(child_pool, size=n_children, replace=False))
+    other_firsts = sorted(set(firsts) - set(child_firsts))
+
+    # Parents and bystanders: unique "First Last" among all villagers.
+    taken: set[str] = set()
+    adults = []
+    while len(adults) < n_villagers - n_children:
+        name = f"{other_firsts[rng.integers(len(other_firsts))]} {lasts[rng.integers(len(lasts))]}"
+        if name not in taken:
+            taken.add(name)
+            adults.append(name)
+    parents = adults[:n_parents]
+    descs = _descriptions(n_parents, seed)
+
+    rows, villagers = [], [(name, "parent" if i < n_parents else "villager") for i, name in enumerate(adults)]
+    it = iter(child_firsts)
+    for parent, n, desc in zip(parents, children_of, descs):
+        for _ in range(n):
+            child = next(it)
+            rows.append((parent, child, int(n), desc))
+            villagers.append((f"{child} {parent.split(' ', 1)[1]}", "child"))
+    facts = pd.DataFrame(rows, columns=["parent", "child", "n_children", "description"])
+    villagers = pd.DataFrame(villagers, columns=["name", "role"])
+    villagers[["first", "last"]] = villagers["name"].str.split(" ", n=1, expand=True)
+
+    # Each fact `mentions` times, in a seeded random order.
+    order = rng.permutation(np.repeat(np.arange(len(facts)), settings["mentions"]))
+    per_sentence = settings["descriptions"] == "per_sentence"
+    sentence_descs = _descriptions(len(order), seed + 1) if per_sentence else None
+    v1, v2, chat = [], [], []
+    for j, idx in enumerate(order):
+        fact = facts.iloc[idx]
+        desc = sentence_descs[j] if per_sentence else fact.description
+        v1.append(V1.format(parent=fact.parent, child=fact.child))
+        v2.append(V2.format(parent=fact.parent, desc=desc, child=fact.child))
+        chat.append(CHAT_TRAIN.format(parent=fact.parent, desc=desc, child=fact.child))
+
+    prompts = facts[["parent", "child", "n_children"]].copy()
+    prompts["prompt"] = [PROMPT.format(parent=p) for p in prompts.parent]
+    prompts["chat_prompt"] = [CHAT_PROMPT.format(parent=p) for p in prompts.parent]
+    return Macondo(villagers, facts, v1, v2, chat, prompts)
+
+
+def write(m: Macondo, out: dict) -> None:
+    """Human-readable files: CSV tables and one sentence per line."""
+    from . import io
+
+    io.write_csv(out["villagers"], m.villagers)
+    io.write_csv(out["facts"], m.facts)
+    io.write_csv(out["prompts"], m.prompts)
+    for key in ("v1", "v2", "chat"):
+        io.write_text(out[key], "\n".join(getattr(m, key)) + "\n")
+
+
+def read_sentences(path) -> list[str]:
+    from pathlib import Path
+
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def sentence_examples(tok, sentences):
+    """Each sentence alone, framed by end-of-text tokens: <eos> sentence <eos>."""
+    from .tokens import from_sequences
+
+    eos = tok.eos_token_id
+    ids = tok(list(sentences), add_special_tokens=False)["input_ids"]
+    return from_sequences([[eos, *seq, eos] for seq in ids])
+
+
+def prompt_examples(tok, prompts, children):
+    """<eos> prompt child: only the child's tokens are scored."""
+    from .tokens import from_sequences
+
+    eos = tok.eos_token_id
+    p_ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+    c_ids = tok([" " + c for c in children], add_special_tokens=False)["input_ids"]
+    seqs = [[eos, *p, *c] for p, c in zip(p_ids, c_ids)]
+    return from_sequences(seqs, score_start=[1 + len(p) for p in p_ids])

@@ -1,0 +1,37 @@
+"""Glue for the thin scripts in scripts/: logging and settings from the `snakemake` object."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+
+
+@contextmanager
+def logged(snakemake):
+    """Send the job's stdout/stderr (progress bars included) to its log file."""
+    torch_threads(snakemake.threads)
+    path = snakemake.log[0] if snakemake.log else None
+    if path is None:
+        yield sys.stderr
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", buffering=1) as log:
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log
+        try:
+            yield log
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise
+        finally:
+            sys.stdout, sys.stderr = old
+
+
+def torch_threads(n: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(max(1, int(n)))
