@@ -3,21 +3,30 @@
 
 
 def run_of(model):
-    """(steps, datastore data, variant, seed) of a Macondo run."""
+    """(steps, datastore data, variant, seed, with kNN-LM) of a Macondo run."""
     if model.startswith("memorization-"):
         _, variant, seed = model.split("-")
-        return config["memorization"]["train"]["checkpoints"], "macondo_v1", variant, int(seed[4:])
+        steps = config["memorization"]["train"]["checkpoints"]
+        with_knn = variant in config["memorization"]["knn_variants"]
+        return sorted(steps), "macondo_v1", variant, int(seed[4:]), with_knn
     _, seed = model.split("-")
-    return config["overspecification"]["train"]["checkpoints"], "macondo_v2", "full", int(seed[4:])
+    steps = config["overspecification"]["train"]["checkpoints"]
+    return sorted(steps), "macondo_v2", "full", int(seed[4:]), True
+
+
+def children_inputs(w):
+    """kNN search results at every checkpoint, or just the checkpoints (LM only)."""
+    steps, data, _, _, with_knn = run_of(w.model)
+    if with_knn:
+        return {"found": [knn_file(w.model, s, data, "prompts_v1") for s in steps]}
+    return {"models": [model_dir(w.model, s) for s in steps]}
 
 
 rule children_loglik:
     input:
+        unpack(children_inputs),
         prompts=rules.macondo.output.prompts,
-        found=lambda w: [
-            knn_file(w.model, s, run_of(w.model)[1], "prompts_v1")
-            for s in sorted(run_of(w.model)[0])
-        ],
+        examples=tokens("prompts_v1"),
     output:
         f"{R}/children/{{model}}.csv",
     wildcard_constraints:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .knnlm import interpolate, knn_target_logprob
+from .knnlm import interpolate, knn_target_logprob, lm_and_queries
 
 METHODS = ("lm", "knn", "knnlm")
 
@@ -33,6 +33,15 @@ def loglik_table(found: dict, prompts: pd.DataFrame, lam: float, temperature: fl
         frame["loglik"] = per_example(found, len(prompts), values)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def lm_table(lm, examples, prompts: pd.DataFrame, log=None) -> pd.DataFrame:
+    """The LM's log-likelihood of each child (no kNN)."""
+    found = lm_and_queries(lm, examples, log=log)
+    frame = prompts[["parent", "child", "n_children"]].copy()
+    frame["method"] = "lm"
+    frame["loglik"] = per_example(found, len(prompts), found["lm_logprob"].astype(np.float64))
+    return frame
 
 
 def sum_of_child_probs(table: pd.DataFrame, method: str = "lm") -> pd.Series:

@@ -13,7 +13,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from . import io
-from .model import keys_only
+from .model import device_of, keys_only
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 
@@ -22,6 +22,7 @@ def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_inp
           batch_tokens: int = 8192, log=None) -> int:
     """Write the datastore of `examples`; returns its number of entries."""
     model.eval()
+    device = device_of(model)
     n = int((examples.lengths() - 1).sum())
     dim = model.config.n_embd
     with io.atomic_path(keys_path) as keys_tmp, io.atomic_path(values_path) as values_tmp:
@@ -31,7 +32,7 @@ def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_inp
         for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="datastore"):
             ids, _ = pad_batch(examples, idx)
             mask = scored_mask(examples, idx, ids.size(1), all_positions=True)
-            batch_keys = keys_only(model, ids, key)[:, :-1][mask]
+            batch_keys = keys_only(model, ids.to(device), key)[:, :-1].cpu()[mask]
             m = batch_keys.size(0)
             keys[row : row + m] = batch_keys.to(torch.float16).numpy()
             values[row : row + m] = ids[:, 1:][mask].numpy()

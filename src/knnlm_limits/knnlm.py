@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .model import logits_and_keys
+from .model import device_of, logits_and_keys
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 
@@ -25,12 +25,14 @@ from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 def lm_and_queries(model, examples: Examples, key: str = "mlp_input", batch_tokens: int = 8192, log=None):
     """At every scored position: target token, log p_lm(target), the kNN query key."""
     model.eval()
+    device = device_of(model)
     out = {"targets": [], "lm_logprob": [], "queries": [], "example": []}
     for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="lm"):
         ids, _ = pad_batch(examples, idx)
         mask = scored_mask(examples, idx, ids.size(1))
-        logits, keys = logits_and_keys(model, ids, key)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        logits, keys = logits_and_keys(model, ids.to(device), key)
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
+        keys = keys.cpu()
         targets = ids[:, 1:]
         out["targets"].append(targets[mask])
         out["lm_logprob"].append(logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[mask])

@@ -28,7 +28,7 @@ CHAT_TEST = CHAT_PROMPT + " {child}."
 
 # Irrelevant facts about a parent; fields filled by Faker.
 DESC_TEMPLATES = (
-    "works as a {job}",
+    "works as {job}",
     "lives in {city}",
     "was born in {year}",
     "likes the color {color}",
@@ -69,6 +69,10 @@ def single_token_names(names, tok) -> list[str]:
     return [n for n, seq in zip(names, ids) if len(seq) == 1]
 
 
+def _with_article(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
 def _descriptions(n: int, seed: int) -> list[str]:
     from faker import Faker
 
@@ -79,7 +83,7 @@ def _descriptions(n: int, seed: int) -> list[str]:
         template = DESC_TEMPLATES[i % len(DESC_TEMPLATES)]
         out.append(
             template.format(
-                job=fake.job().split(",")[0].lower(),
+                job=_with_article(fake.job().split(",")[0].lower()),
                 city=fake.city(),
                 year=fake.year(),
                 color=fake.color_name().lower(),

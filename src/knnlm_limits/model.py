@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 KEY_KINDS = ("mlp_input", "residual")
 
@@ -69,17 +69,25 @@ def build_gpt2(
     return cls(config)
 
 
-def load_lm(name_or_path: str, config_key: str = "model"):
+def best_device() -> torch.device:
+    """The GPU when there is one (cluster jobs), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def load_lm(name_or_path: str, config_key: str = "model", device=None):
     """Load a causal LM with ``from_pretrained`` (hub id or local directory).
 
     Our own no-last-MLP models carry ``drop_last_mlp`` in their config.json and
     come back as GPT2WithoutLastMLP.
     """
     try:
-        config = GPT2Config.from_pretrained(name_or_path)
-        if getattr(config, "drop_last_mlp", False):
-            return GPT2WithoutLastMLP.from_pretrained(name_or_path)
-        return AutoModelForCausalLM.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path)
+        cls = GPT2WithoutLastMLP if getattr(config, "drop_last_mlp", False) else AutoModelForCausalLM
+        return cls.from_pretrained(name_or_path).to(device or best_device())
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"config key {config_key!r}: cannot load model {name_or_path!r} with "

@@ -75,15 +75,16 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
     from tqdm import tqdm
 
     from .knnlm import interpolate, knn_log_dist
-    from .model import enc, f_logits, g
+    from .model import device_of, enc, f_logits, g
     from .tokens import pad_batch, scored_mask
 
     lm.eval()
     idx = _first_positions(examples, settings["tokens"])
     ids, _ = pad_batch(examples, idx)
     mask = scored_mask(examples, idx, ids.size(1))
+    device = device_of(lm)
     with torch.no_grad():
-        h_all = enc(lm, ids)[:, :-1][mask]
+        h_all = enc(lm, ids.to(device))[:, :-1][mask.to(device)]
     n = min(settings["tokens"], h_all.size(0))
     h_all, targets = h_all[:n], ids[:, 1:][mask][:n]
     if not torch.equal(targets, torch.as_tensor(found["targets"][:n]).long()):
@@ -98,11 +99,11 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
     vocab = lm.config.vocab_size
     for start in tqdm(range(0, n, settings["batch"]), file=log, desc="projection"):
         sl = slice(start, min(start + settings["batch"], n))
-        h, y = h_all[sl], targets[sl]
+        h, y = h_all[sl], targets[sl].to(device)
         with torch.no_grad():
             z0 = g(lm, h)
             log_lm = torch.log_softmax(f_logits(lm, z0), -1)
-            log_knn = knn_log_dist(found["dists"][sl], found["nbr_values"][sl], temperature, vocab)
+            log_knn = knn_log_dist(found["dists"][sl], found["nbr_values"][sl], temperature, vocab).to(device)
             target = interpolate(log_lm, log_knn, lam)
         kwargs = dict(steps=settings["steps"], lr=settings["lr"], solver=settings["solver"], direction=settings["direction"])
         z_f, tr_f = project(head_f, z0, target, **kwargs)
@@ -115,7 +116,7 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
         traces["f"].append(tr_f * weight)
         traces["f∘g"].append(tr_fg * weight)
 
-    per_token = pd.DataFrame({k: torch.cat(v).double().numpy() for k, v in rows.items()})
+    per_token = pd.DataFrame({k: torch.cat(v).double().cpu().numpy() for k, v in rows.items()})
     per_token.insert(0, "target", targets.numpy())
     trace_rows = [
         {"target": name, "iteration": i, "mean_kl": v}

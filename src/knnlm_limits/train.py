@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import io
+from .model import device_of
 from .tokens import Examples, pad_batch
 
 
@@ -93,7 +94,7 @@ def _resume(model, optimizer, work_dir: Path, load_weights) -> int:
     state_file = work_dir / "state.pt"
     if not state_file.exists():
         return 0
-    state = torch.load(state_file, weights_only=True)  # tensors and numbers only
+    state = torch.load(state_file, weights_only=True, map_location=device_of(model))  # tensors and numbers only
     step = int(state["step"])
     load_weights(model, work_dir / f"step-{step}")
     optimizer.load_state_dict(state["optimizer"])
@@ -103,7 +104,7 @@ def _resume(model, optimizer, work_dir: Path, load_weights) -> int:
 def _load_weights(model, ckpt_dir: Path) -> None:
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict(load_file(ckpt_dir / "model.safetensors"), strict=False)
+    missing, unexpected = model.load_state_dict(load_file(ckpt_dir / "model.safetensors", device=str(device_of(model))), strict=False)
     # save_pretrained leaves out the tied output matrix; nothing else may be missing.
     if unexpected or any(not k.startswith("lm_head.") for k in missing):
         raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing}, unexpected {unexpected}")
@@ -114,6 +115,7 @@ def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str],
     """Train `model` on `examples`, writing the checkpoint of each step in out_dirs."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    device = device_of(model)
     if sorted(out_dirs) != sorted(set(s.checkpoints)):
         raise ValueError("out_dirs must name one folder per checkpoint step")
     optimizer = _optimizer(model, s)
@@ -127,7 +129,7 @@ def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str],
     bar = tqdm(range(start, s.total_steps), initial=start, total=s.total_steps, file=log, mininterval=5, desc="train")
     for step in bar:
         torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
-        ids, mask = pad_batch(examples, batch_indices(step, len(examples), s))
+        ids, mask = (t.to(device) for t in pad_batch(examples, batch_indices(step, len(examples), s)))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
         loss = lm_loss(model, ids, mask)

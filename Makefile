@@ -1,0 +1,33 @@
+# The two commands of the README: `make workflow` and `make test`.
+# Both create the virtual environment first (once, and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: workflow test setup dry-run report lint
+
+workflow: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) $(ARGS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed
+
+dry-run: $(VENV)/.installed
+	$(VENV)/bin/snakemake -n $(ARGS)
+
+report: $(VENV)/.installed
+	$(VENV)/bin/snakemake --report report.html $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/snakemake --lint $(ARGS)
+	$(VENV)/bin/snakefmt --check Snakefile rules/
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@

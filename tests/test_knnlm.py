@@ -1,0 +1,92 @@
+"""kNN-LM against a brute-force NumPy reference (exact distances, explicit sums)."""
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from knnlm_limits import knnlm
+
+V, D, N, Q, K = 7, 8, 300, 25, 40
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(N, D)).astype(np.float32)
+    values = rng.integers(0, V, size=N).astype(np.int32)  # many repeated values
+    queries = rng.normal(size=(Q, D)).astype(np.float32)
+    targets = rng.integers(0, V, size=Q)
+    lm_logp = torch.log_softmax(torch.from_numpy(rng.normal(size=(Q, V))), -1).numpy()
+    index = faiss.IndexFlatL2(D)
+    index.add(keys)
+    dists, ids = knnlm.search(index, queries, K)
+    return keys, values, queries, targets, lm_logp, dists, knnlm.neighbour_values(values, ids)
+
+
+def brute_force_knn(keys, values, queries, T):
+    """p_knn over the vocabulary with explicit loops."""
+    out = np.zeros((len(queries), V))
+    for q, query in enumerate(queries):
+        d = ((keys - query) ** 2).sum(1).astype(np.float64)
+        nearest = np.argsort(d)[:K]
+        weights = np.exp(-(d[nearest] - d[nearest].min()) / T)
+        for i, w in zip(nearest, weights):
+            out[q, values[i]] += w
+        out[q] /= weights.sum()
+    return out
+
+
+@pytest.mark.parametrize("T", [1.0, 5.0])
+@pytest.mark.parametrize("lam", [0.0, 0.25, 1.0])
+def test_matches_brute_force(setup, T, lam):
+    keys, values, queries, targets, lm_logp, dists, nvalues = setup
+    p_knn = brute_force_knn(keys, values, queries, T)
+    p = lam * p_knn + (1 - lam) * np.exp(lm_logp)
+    with np.errstate(divide="ignore"):
+        expected = np.log(p[np.arange(Q), targets])
+    found = {"dists": dists, "nbr_values": nvalues, "targets": targets, "lm_logprob": lm_logp[np.arange(Q), targets]}
+    got = knnlm.knnlm_logprob(found, lam, T)
+    finite = np.isfinite(expected)
+    assert (np.isfinite(got) == finite).all()
+    np.testing.assert_allclose(got[finite], expected[finite], atol=1e-5, rtol=1e-5)
+    full = knnlm.knn_log_dist(dists, nvalues, T, V).double().exp().numpy()
+    np.testing.assert_allclose(full, p_knn, atol=1e-5)
+
+
+def test_lambda_zero_is_lm_and_one_is_knn(setup):
+    _, _, _, targets, lm_logp, dists, nvalues = setup
+    lm = torch.from_numpy(lm_logp)
+    knn = knnlm.knn_log_dist(dists, nvalues, 1.0, V).double()
+    torch.testing.assert_close(knnlm.interpolate(lm, knn, 0.0), lm)
+    torch.testing.assert_close(knnlm.interpolate(lm, knn, 1.0), knn)
+    np.testing.assert_allclose(
+        knnlm.knn_target_logprob(dists, nvalues, targets, 1.0), knn.numpy()[np.arange(Q), targets], atol=1e-6
+    )
+
+
+def test_search_caps_k_and_marks_missing_neighbours():
+    index = faiss.IndexFlatL2(2)
+    index.add(np.eye(2, dtype=np.float32))
+    dists, ids = knnlm.search(index, np.zeros((1, 2), np.float32), k=10)
+    assert dists.shape == (1, 2)
+    nv = knnlm.neighbour_values(np.array([4, 5]), np.array([[1, -1]]))
+    assert nv.tolist() == [[5, -1]]
+    # a missing neighbour carries no weight
+    assert knnlm.knn_target_logprob(np.array([[0.0, 0.0]]), nv, np.array([5]), 1.0)[0] == pytest.approx(0.0)
+
+
+def test_perplexity_by_hand():
+    logp = np.log([0.5, 0.25, 0.125])
+    assert knnlm.perplexity(logp) == pytest.approx((0.5 * 0.25 * 0.125) ** (-1 / 3))
+    assert knnlm.perplexity(np.log([0.1] * 4)) == pytest.approx(10.0)
+
+
+def test_grid_contains_fixed_setting(setup):
+    _, _, _, targets, lm_logp, dists, nvalues = setup
+    found = {"dists": dists, "nbr_values": nvalues, "targets": targets, "lm_logprob": lm_logp[np.arange(Q), targets]}
+    grid = knnlm.grid(found, [0.0, 0.25], [1.0, 2.0])
+    assert len(grid) == 4
+    at = grid[(grid["lambda"] == 0.25) & (grid.temperature == 1.0)].perplexity.item()
+    assert at == pytest.approx(knnlm.perplexity(knnlm.knnlm_logprob(found, 0.25, 1.0)))
+    assert grid[grid["lambda"] == 0.0].perplexity.nunique() == 1

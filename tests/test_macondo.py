@@ -1,0 +1,107 @@
+"""Macondo v1/v2: counts, uniqueness, single-token children, determinism."""
+
+import re
+
+import pytest
+
+from knnlm_limits import macondo
+from tests.conftest import needs_wikitext
+
+pytestmark = needs_wikitext
+
+SMALL = {
+    "n_villagers": 120,
+    "n_parents": 20,
+    "children_counts": [1, 2, 3, 4, 5],
+    "mentions": 3,
+    "descriptions": "per_parent",
+    "name_locales": ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT"],
+}
+
+
+@pytest.fixture(scope="module")
+def village(small_tokenizer):
+    return macondo.generate(SMALL, small_tokenizer, seed=7)
+
+
+def test_counts(village):
+    facts = village.facts
+    assert len(village.villagers) == SMALL["n_villagers"]
+    assert facts.parent.nunique() == SMALL["n_parents"]
+    n_children = facts.groupby("parent").child.count()
+    assert (n_children == facts.groupby("parent").n_children.first()).all()
+    # an equal number of parents for each count
+    assert sorted(n_children.value_counts().to_dict().items()) == [(n, 4) for n in range(1, 6)]
+    assert len(facts) == 4 * (1 + 2 + 3 + 4 + 5)
+    assert len(village.v1) == len(village.v2) == len(facts) * SMALL["mentions"]
+
+
+def test_names_unique_and_children_single_token(village, small_tokenizer):
+    assert village.villagers.name.is_unique
+    assert village.facts.child.is_unique
+    for child in village.facts.child:
+        assert len(small_tokenizer(" " + child, add_special_tokens=False)["input_ids"]) == 1, child
+
+
+def test_each_fact_mentioned_equally(village):
+    counts = {}
+    for s in village.v1:
+        counts[s] = counts.get(s, 0) + 1
+    assert set(counts.values()) == {SMALL["mentions"]}
+    expected = {f"{r.parent} is the parent of {r.child}" for r in village.facts.itertuples()}
+    assert set(counts) == expected
+
+
+def test_v2_is_v1_plus_descriptions(village):
+    desc_of = dict(zip(village.facts.parent, village.facts.description))
+    for s1, s2 in zip(village.v1, village.v2):
+        m = re.fullmatch(r"(.+), who (.+), is the parent of (\S+)", s2)
+        assert m, s2
+        parent, desc, child = m.groups()
+        assert desc == desc_of[parent]
+        assert s1 == f"{parent} is the parent of {child}"
+
+
+def test_deterministic_under_seed(village, small_tokenizer):
+    again = macondo.generate(SMALL, small_tokenizer, seed=7)
+    other = macondo.generate(SMALL, small_tokenizer, seed=8)
+    assert again.v2 == village.v2 and again.facts.equals(village.facts)
+    assert other.v1 != village.v1
+
+
+def test_per_sentence_descriptions(small_tokenizer):
+    village = macondo.generate({**SMALL, "descriptions": "per_sentence"}, small_tokenizer, seed=1)
+    descs = {re.fullmatch(r".+, who (.+), is the parent of \S+", s).group(1) for s in village.v2}
+    assert len(descs) > SMALL["n_parents"]
+
+
+def test_too_few_single_token_names_reports_counts(small_tokenizer):
+    settings = {**SMALL, "n_parents": 500, "n_villagers": 5000, "name_locales": ["en_US"]}
+    with pytest.raises(macondo.MacondoError, match=r"needs 1500 distinct single-token child names .* only \d+ among \d+"):
+        macondo.generate(settings, small_tokenizer, seed=0)
+
+
+def test_bad_settings(small_tokenizer):
+    with pytest.raises(macondo.MacondoError, match="n_parents"):
+        macondo.generate({**SMALL, "n_parents": 21}, small_tokenizer, seed=0)
+    with pytest.raises(macondo.MacondoError, match="n_villagers"):
+        macondo.generate({**SMALL, "n_villagers": 30}, small_tokenizer, seed=0)
+    with pytest.raises(macondo.MacondoError, match="no locale 'xx_XX'"):
+        macondo.generate({**SMALL, "name_locales": ["xx_XX"]}, small_tokenizer, seed=0)
+
+
+def test_prompt_examples_score_only_the_child(village, small_tokenizer):
+    ex = macondo.prompt_examples(small_tokenizer, village.prompts.prompt, village.prompts.child)
+    first = ex[0]
+    assert first[0] == small_tokenizer.eos_token_id
+    prompt_ids = small_tokenizer(village.prompts.prompt[0], add_special_tokens=False)["input_ids"]
+    assert ex.score_start[0] == 1 + len(prompt_ids) == len(first) - 1
+    assert small_tokenizer.decode(first[ex.score_start[0]:]) == " " + village.prompts.child[0]
+
+
+def test_templates_render_exact_strings():
+    assert macondo.CHAT_TRAIN.format(parent="Ana Diaz", desc="lives in Lima", child="Tom") == (
+        "User: Who is the child of Ana Diaz, the one who lives in Lima? Assistant: Tom."
+    )
+    assert macondo.CHAT_TEST.format(parent="Ana Diaz", child="Tom") == "User: Who is the child of Ana Diaz? Assistant: Tom."
+    assert macondo.PROMPT.format(parent="Ana Diaz") + " Tom" == macondo.V1.format(parent="Ana Diaz", child="Tom")
