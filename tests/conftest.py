@@ -30,7 +30,13 @@ def wikitext_lines():
 
 @pytest.fixture(scope="session")
 def small_tokenizer(wikitext_lines):
-    """A 2k BPE on real Wikipedia text, shared by tests that need a tokenizer."""
+    """A 4k BPE on real Wikipedia text, shared by tests that need a tokenizer."""
     from knnlm_limits.tokenizer import train_bpe
 
-    return train_bpe(wikitext_lines, 2000)
+    return train_bpe(wikitext_lines, 4096)
+
+
+def default_locales():
+    from knnlm_limits.config import validate
+
+    return validate({})["macondo"]["name_locales"]

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from knnlm_limits import children, macondo, model
-from tests.conftest import needs_wikitext
+from tests.conftest import default_locales, needs_wikitext
 
 pytestmark = needs_wikitext
 
-SMALL = {"n_villagers": 60, "n_parents": 10, "children_counts": [1, 2, 3, 4, 5], "mentions": 2,
-         "descriptions": "per_parent", "name_locales": ["en_US", "en_GB", "de_DE", "fr_FR"]}
+SMALL = {"n_villagers": 40, "n_parents": 5, "children_counts": [1, 2, 3, 4, 5], "mentions": 2,
+         "descriptions": "per_parent", "name_locales": default_locales()}
 
 
 @pytest.fixture(scope="module")

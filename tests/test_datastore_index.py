@@ -46,6 +46,23 @@ def test_flat_index_equals_brute_force(tmp_path):
     np.testing.assert_allclose(d, np.sort(exact, axis=1)[:, :10], rtol=1e-4)
 
 
+def test_sqfp16_from_the_keys_file_equals_flat(tmp_path):
+    rng = np.random.default_rng(3)
+    keys = rng.normal(size=(700, 8)).astype(np.float16)
+    np.save(tmp_path / "k.npy", keys)
+    rows = index.NpyRows(tmp_path / "k.npy")
+    assert rows.shape == (700, 8)
+    np.testing.assert_array_equal(rows[100:250], keys[100:250])
+    np.testing.assert_array_equal(rows[[5, 3, 699]], keys[[5, 3, 699]])
+    sq = index.build(tmp_path / "k.npy", "SQfp16", chunk=128)
+    flat = index.build(keys, "Flat")
+    q = rng.normal(size=(6, 8)).astype(np.float32)
+    d_sq, i_sq = sq.search(q, 20)
+    d_flat, i_flat = flat.search(q, 20)
+    np.testing.assert_array_equal(i_sq, i_flat)
+    np.testing.assert_allclose(d_sq, d_flat, rtol=1e-5)
+
+
 def test_ivf_pq_trains_on_a_sample():
     rng = np.random.default_rng(2)
     keys = rng.normal(size=(3000, 16)).astype(np.float16)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from knnlm_limits import train
 from knnlm_limits.tokens import from_sequences
+from tests.conftest import ROOT
 
 STEPS = [0, 25, 50, 75, 100, 125, 150]
 
@@ -37,7 +38,8 @@ RUN = textwrap.dedent(
 
 
 def _start(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN, str(out)], stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-c", RUN, str(out)], stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _weights(out: Path) -> dict:
@@ -106,3 +108,12 @@ def test_loss_ignores_padding():
         expected = nll[mask2[:, 1:]].mean()
     torch.testing.assert_close(train.lm_loss(lm, ids2, mask2), expected)
     assert short.item() > 0
+
+
+def test_examples_longer_than_the_context_are_an_error(tmp_path):
+    from knnlm_limits import model
+
+    lm = model.build_gpt2(50, 1, 16, 2, n_positions=8)
+    ex = from_sequences([list(range(12))])
+    with pytest.raises(ValueError, match="12 tokens but the model's context holds 8"):
+        train.train(lm, ex, train.TrainSettings(checkpoints=[1]), {1: tmp_path / "s1"}, tmp_path / "w")

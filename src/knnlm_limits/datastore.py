@@ -13,7 +13,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from . import io
-from .model import device_of, keys_only
+from .model import check_context, device_of, keys_only
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 
@@ -23,6 +23,7 @@ def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_inp
     """Write the datastore of `examples`; returns its number of entries."""
     model.eval()
     device = device_of(model)
+    check_context(model, examples, "datastore examples")
     n = int((examples.lengths() - 1).sum())
     dim = model.config.n_embd
     with io.atomic_path(keys_path) as keys_tmp, io.atomic_path(values_path) as values_tmp:

@@ -23,8 +23,9 @@ class NpyRows:
     def __init__(self, path):
         self.path = path
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            self.shape, fortran, self.dtype = np.lib.format._read_array_header(fh, version)
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            self.shape, fortran, self.dtype = read_header(fh)
             self.offset = fh.tell()
         if fortran or len(self.shape) != 2:
             raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {self.shape}")

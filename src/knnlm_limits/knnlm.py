@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .model import device_of, logits_and_keys
+from .model import check_context, device_of, logits_and_keys
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 
@@ -26,6 +26,7 @@ def lm_and_queries(model, examples: Examples, key: str = "mlp_input", batch_toke
     """At every scored position: target token, log p_lm(target), the kNN query key."""
     model.eval()
     device = device_of(model)
+    check_context(model, examples, "evaluation examples")
     out = {"targets": [], "lm_logprob": [], "queries": [], "example": []}
     for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="lm"):
         ids, _ = pad_batch(examples, idx)

@@ -96,6 +96,17 @@ def load_lm(name_or_path: str, config_key: str = "model", device=None):
         ) from err
 
 
+def check_context(model, examples, what: str) -> None:
+    """Every example must fit the model's context window (its position embeddings)."""
+    n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    longest = int(examples.lengths().max()) if len(examples) else 0
+    if n_positions is not None and longest > n_positions:
+        raise ValueError(
+            f"{what}: an example has {longest} tokens but the model's context holds {n_positions} "
+            f"(raise corpus.block_size for the corpus LM, or shorten the examples)"
+        )
+
+
 def last_block(model):
     return model.transformer.h[-1]
 

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import io
-from .model import device_of
+from .model import check_context, device_of
 from .tokens import Examples, pad_batch
 
 
@@ -116,6 +116,7 @@ def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str],
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = device_of(model)
+    check_context(model, examples, "training examples")
     if sorted(out_dirs) != sorted(set(s.checkpoints)):
         raise ValueError("out_dirs must name one folder per checkpoint step")
     optimizer = _optimizer(model, s)
