@@ -35,8 +35,9 @@ rule children_loglik:
         steps=lambda w: sorted(run_of(w.model)[0]),
         variant=lambda w: run_of(w.model)[2],
         seed=lambda w: run_of(w.model)[3],
-        lam=config["knn"]["lambda"],
-        temperature=config["knn"]["temperature"],
+        # only runs with a kNN-LM read (lambda, T): LM-only runs ignore them
+        lam=lambda w: config["knn"]["lambda"] if run_of(w.model)[4] else None,
+        temperature=lambda w: config["knn"]["temperature"] if run_of(w.model)[4] else None,
     log:
         f"{LOGS}/children/{{model}}.log",
     benchmark:

@@ -1,32 +1,9 @@
 """The Snakemake DAG: dry-run planning, and the whole tiny DAG for real."""
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, needs_wikitext
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = output.split("Job stats:")[1].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
-
+from tests.conftest import ROOT, needs_wikitext, planned_jobs, snakemake
 
 def test_dry_run_plans_the_default_dag(tmp_path):
     proc = snakemake("-n", "--config", f"results={tmp_path}/results")
@@ -47,18 +24,6 @@ def test_bad_config_fails_before_any_job(tmp_path):
 FIGURE_CSVS = ["figures/figure1.csv", "figures/figure1_children.csv", "figures/figure2_children.csv",
                "figures/figure3_children.csv", "table1/table1.csv", "table1/grid.csv",
                "table1/projection_traces.csv"]
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-    if not (ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt").is_file():
-        pytest.skip("needs ../shared/data/wikitext-2")
-    out = []
-    for name in ("a", "b"):
-        results = tmp_path_factory.mktemp(name) / "results"
-        snakemake("--cores", "2", "--configfile", ".tests/config.yaml", "--config", f"results={results}")
-        out.append(results)
-    return out
 
 
 @needs_wikitext

@@ -1,0 +1,67 @@
+"""The workflow on a real single-node SLURM (with accounting) through profiles/slurm.
+
+tests/slurm/cluster.sh starts munge, MariaDB, slurmdbd, slurmctld and slurmd;
+.ci/run installs them first. Where SLURM cannot start, these tests skip and say why.
+"""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, needs_wikitext, snakemake
+
+pytestmark = needs_wikitext
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+SLURM_ARGS = ["--profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "5", "--retries", "0"]
+TARGETS = ["data/macondo/facts.csv", "data/macondo/v2_train.txt", "data/tokens/macondo_v1.npz"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    missing = [b for b in ("slurmctld", "slurmd", "slurmdbd", "sbatch", "munged", "mariadbd") if not shutil.which(b)]
+    if missing:
+        pytest.skip(f"SLURM cannot start here: {', '.join(missing)} not installed (bash tests/slurm/cluster.sh install)")
+    state = tmp_path_factory.mktemp("slurm")
+    start = subprocess.run(["timeout", "-s", "KILL", "240", "bash", str(CLUSTER), "start", str(state)],
+                           capture_output=True, text=True)
+    if start.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(state)])
+        logs = "\n".join(p.read_text()[-1500:] for p in sorted((state / "log").glob("*.log")))
+        pytest.skip(f"SLURM could not start: {start.stderr[-2000:]}\n{logs}")
+    yield state
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True)
+
+
+def run_on_slurm(config_path, results, targets):
+    cmd = ["--configfile", str(config_path), "--config", f"results={results}", *SLURM_ARGS,
+           *[f"{results}/{t}" for t in targets]]
+    return snakemake(*cmd, check=False, timeout=900)
+
+
+def test_slurm_outputs_match_a_local_run(slurm, tiny_runs, tmp_path):
+    results = tmp_path / "results"
+    t0 = time.time()
+    proc = run_on_slurm(ROOT / ".tests/config.yaml", results, TARGETS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"SLURM run of {len(TARGETS)} targets took {time.time() - t0:.0f}s")
+    for rel in TARGETS:
+        assert (results / rel).read_bytes() == (tiny_runs[0] / rel).read_bytes(), rel
+    # the jobs really went through SLURM, and accounting saw them complete
+    sacct = subprocess.run(["sacct", "-n", "-X", "-o", "JobName%60,State"], capture_output=True, text=True, check=True)
+    assert "COMPLETED" in sacct.stdout
+
+
+def test_a_failing_job_is_reported_as_failed(slurm, tmp_path):
+    config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
+    config["corpus"]["local_files"]["train"] = str(tmp_path / "missing.txt")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results = tmp_path / "results"
+    proc = run_on_slurm(path, results, ["data/corpus/train.txt"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Error in rule corpus" in out
+    assert not (results / "data/corpus/train.txt").exists()
