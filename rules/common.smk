@@ -42,6 +42,16 @@ def knn_file(model, step, data, evalset):
     return f"{R}/knn/{model}/step-{step}/{data}/{evalset}.npz"
 
 
+def canon(value):
+    """A config value with dict keys sorted, so reordering keys in a config file
+    is not a params change (Snakemake compares params by their text)."""
+    if isinstance(value, dict):
+        return {k: canon(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canon(v) for v in value]
+    return value
+
+
 def last(steps):
     return max(steps)
 
@@ -83,7 +93,7 @@ def scale_tokenizer():
 
 def train_params(section):
     """Exactly the training settings a training rule reads."""
-    return dict(config[section]["train"])
+    return canon(config[section]["train"])
 
 
 def res(kind):

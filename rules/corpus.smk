@@ -9,7 +9,7 @@ rule corpus:
     params:
         hub_id=config["corpus"]["hub_id"],
         hub_config=config["corpus"]["hub_config"],
-        local_files=config["corpus"]["local_files"],
+        local_files=canon(config["corpus"]["local_files"]),
         base_dir=workflow.basedir,
     log:
         f"{LOGS}/corpus.log",

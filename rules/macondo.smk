@@ -14,7 +14,7 @@ rule macondo:
         v2=f"{MACONDO}/v2_train.txt",
         chat=f"{MACONDO}/chat_v2_train.txt",
     params:
-        settings=config["macondo"],
+        settings=canon(config["macondo"]),
     log:
         f"{LOGS}/macondo.log",
     benchmark:

@@ -43,7 +43,7 @@ rule projection:
             category="Table 1",
         ),
     params:
-        settings=config["table1"]["projection"],
+        settings=canon(config["table1"]["projection"]),
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
     log:

@@ -37,7 +37,7 @@ if not config["corpus_lm"]["pretrained"]:
             ckpt_dirs("corpus_lm", "corpus_lm"),
         params:
             train=train_params("corpus_lm"),
-            shape=config["corpus_lm"]["shape"],
+            shape=canon(config["corpus_lm"]["shape"]),
             seed=config["corpus_lm"]["seed"],
             n_positions=config["corpus"]["block_size"],
             drop_last_mlp=False,
@@ -63,7 +63,7 @@ rule train_memorization:
         ckpt_dirs(memorization_model("{variant}", "{seed}"), "memorization"),
     params:
         train=train_params("memorization"),
-        shape=config["memorization"]["shape"],
+        shape=canon(config["memorization"]["shape"]),
         seed=lambda w: int(w.seed),
         n_positions=64,
         drop_last_mlp=lambda w: w.variant == "no_last_mlp",

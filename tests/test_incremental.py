@@ -17,7 +17,7 @@ def plan(results: Path, tmp_path: Path, change: dict | None = None) -> dict[str,
         config[section] = {**config.get(section, {}), **values}
     config["results"] = str(results)
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=True))  # reordered keys: no rerun
     proc = snakemake("-n", "--configfile", str(path))
     out = proc.stdout + proc.stderr
     return {} if "Nothing to be done" in out else planned_jobs(proc.stdout)

@@ -48,21 +48,24 @@ start() {
     fi
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge && chown munge:munge /run/munge
+    touch "$dir/log/munged.log" && chown munge:munge "$dir/log/munged.log"
     runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/knnlm-munged.pid \
         --socket=/run/munge/munge.socket.2 --log-file="$dir/log/munged.log"
     cp /run/munge/knnlm-munged.pid "$dir/run/munged.pid"
     wait_for 20 munge bash -c 'munge -n | unmunge'
 
     # MariaDB bound to loopback, its own data directory
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld "$dir/mysql"
-    if [[ ! -d "$dir/mysql/mysql" ]]; then
-        mariadb-install-db --user=mysql --datadir="$dir/mysql" --auth-root-authentication-method=socket >"$dir/log/mariadb-install.log" 2>&1
+    local db="$dir/mysql" sock="$dir/mysqlrun/mysqld.sock"
+    mkdir -p "$dir/mysqlrun" && chown mysql:mysql "$db" "$dir/mysqlrun"
+    if [[ ! -d "$db/mysql" ]]; then
+        mariadb-install-db --user=mysql --datadir="$db" --auth-root-authentication-method=socket >"$dir/log/mariadb-install.log" 2>&1
     fi
-    mariadbd --user=mysql --datadir="$dir/mysql" --bind-address=127.0.0.1 --port=3306 \
-        --socket="$dir/run/mysqld.sock" --pid-file="$dir/run/mysqld.pid" \
-        --log-error="$dir/log/mariadb.log" &
-    wait_for 60 mariadb mariadb --socket="$dir/run/mysqld.sock" -e "select 1"
-    mariadb --socket="$dir/run/mysqld.sock" -e "
+    mariadbd --user=mysql --datadir="$db" --bind-address=127.0.0.1 --port=3306 \
+        --socket="$sock" --pid-file="$dir/mysqlrun/mysqld.pid" \
+        --log-error="$dir/mysqlrun/mariadb.log" &
+    wait_for 60 mariadb mariadb --socket="$sock" -e "select 1"
+    cp "$dir/mysqlrun/mysqld.pid" "$dir/run/mysqld.pid"
+    mariadb --socket="$sock" -e "
         CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
         CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
