@@ -3,14 +3,12 @@
 #   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
 #   -> table1 (projection) / memorization (Figure 1) / overspecification
 #   (Figure 2) / scale (Figure 3)
-import os
 import sys
 from pathlib import Path
 
-SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)
-# Jobs import the package from the checkout too, installed or not.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+# The package is installed in the environment jobs run in (pip install -e .);
+# the Snakefile also finds it in a bare checkout, to validate the config.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from knnlm_limits.config import validate
 
@@ -39,6 +37,6 @@ include: "rules/scale.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

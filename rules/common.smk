@@ -1,4 +1,5 @@
 # Path helpers, model references and input functions shared by every rule file.
+import re
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -18,7 +19,7 @@ wildcard_constraints:
 
 def slug(name):
     """A hub id or path as a folder name: 'openai-community/gpt2' -> 'hub-openai-community--gpt2'."""
-    return "hub-" + str(name).strip("/").replace("/", "--")
+    return f"hub-{re.sub(r'[/]+', '--', str(name)).strip('-')}"
 
 
 def model_dir(model, step):
@@ -94,6 +95,35 @@ def scale_tokenizer():
 def train_params(section):
     """Exactly the training settings a training rule reads."""
     return canon(config[section]["train"])
+
+
+def ckpt_dirs(model, section):
+    steps = config[section]["train"]["checkpoints"]
+    return [directory(model_dir(model, s)) for s in steps]
+
+
+def corpus_knn(evalset):
+    return knn_file(*corpus_lm(), "corpus_train", evalset)
+
+
+def run_of(model):
+    """(steps, datastore data, variant, seed, with kNN-LM) of a Macondo run."""
+    if model.startswith("memorization-"):
+        _, variant, seed = model.split("-")
+        steps = config["memorization"]["train"]["checkpoints"]
+        with_knn = variant in config["memorization"]["knn_variants"]
+        return sorted(steps), "macondo_v1", variant, int(seed[4:]), with_knn
+    _, seed = model.split("-")
+    steps = config["overspecification"]["train"]["checkpoints"]
+    return sorted(steps), "macondo_v2", "full", int(seed[4:]), True
+
+
+def children_inputs(w):
+    """kNN search results at every checkpoint, or just the checkpoints (LM only)."""
+    steps, data, _, _, with_knn = run_of(w.model)
+    if with_knn:
+        return {"found": [knn_file(w.model, s, data, "prompts_v1") for s in steps]}
+    return {"models": [model_dir(w.model, s) for s in steps]}
 
 
 def res(kind):

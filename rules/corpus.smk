@@ -6,20 +6,20 @@ rule corpus:
         train=f"{R}/data/corpus/train.txt",
         valid=f"{R}/data/corpus/valid.txt",
         test=f"{R}/data/corpus/test.txt",
+    log:
+        f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCH}/corpus.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small"),
     params:
         hub_id=config["corpus"]["hub_id"],
         hub_config=config["corpus"]["hub_config"],
         local_files=canon(config["corpus"]["local_files"]),
         base_dir=workflow.basedir,
-    log:
-        f"{LOGS}/corpus.log",
-    benchmark:
-        f"{BENCH}/corpus.tsv"
-    threads: 1
-    resources:
-        **res("small"),
-    conda:
-        ENV
     script:
         "../scripts/corpus.py"
 
@@ -30,6 +30,15 @@ rule corpus_tokens:
         tokenizer=f"{R}/data/tokenizer",
     output:
         tokens("corpus_{split}"),
+    log:
+        f"{LOGS}/corpus_tokens/{{split}}.log",
+    benchmark:
+        f"{BENCH}/corpus_tokens/{{split}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small"),
     params:
         block_size=config["corpus"]["block_size"],
         max_tokens=lambda w: (
@@ -37,14 +46,5 @@ rule corpus_tokens:
             if w.split == "train"
             else config["corpus"]["eval_tokens"][w.split]
         ),
-    log:
-        f"{LOGS}/corpus_tokens/{{split}}.log",
-    benchmark:
-        f"{BENCH}/corpus_tokens/{{split}}.tsv"
-    threads: 1
-    resources:
-        **res("small"),
-    conda:
-        ENV
     script:
         "../scripts/corpus_tokens.py"

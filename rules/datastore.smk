@@ -7,17 +7,17 @@ rule datastore:
         examples=tokens("{data}"),
     output:
         **datastore("{model}", "{step}", "{data}"),
-    params:
-        key=config["knn"]["key"],
-        batch_tokens=config["knn"]["batch_tokens"],
     log:
         f"{LOGS}/datastore/{{model}}/step-{{step}}/{{data}}.log",
     benchmark:
         f"{BENCH}/datastore/{{model}}/step-{{step}}/{{data}}.tsv"
+    conda:
+        ENV
     threads: threads("embed")
     resources:
         **res("embed"),
-    conda:
-        ENV
+    params:
+        key=config["knn"]["key"],
+        batch_tokens=config["knn"]["batch_tokens"],
     script:
         "../scripts/datastore.py"

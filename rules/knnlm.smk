@@ -10,19 +10,19 @@ rule knn_search:
         examples=tokens("{evalset}"),
     output:
         knn_file("{model}", "{step}", "{data}", "{evalset}"),
+    log:
+        f"{LOGS}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.log",
+    benchmark:
+        f"{BENCH}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.tsv"
+    conda:
+        ENV
+    threads: threads("embed")
+    resources:
+        **res("embed"),
     params:
         k=config["knn"]["k"],
         key=config["knn"]["key"],
         nprobe=config["knn"]["nprobe"],
         batch_tokens=config["knn"]["batch_tokens"],
-    log:
-        f"{LOGS}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.log",
-    benchmark:
-        f"{BENCH}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.tsv"
-    threads: threads("embed")
-    resources:
-        **res("embed"),
-    conda:
-        ENV
     script:
         "../scripts/knn_search.py"

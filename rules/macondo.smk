@@ -13,17 +13,17 @@ rule macondo:
         v1=f"{MACONDO}/v1_train.txt",
         v2=f"{MACONDO}/v2_train.txt",
         chat=f"{MACONDO}/chat_v2_train.txt",
-    params:
-        settings=canon(config["macondo"]),
     log:
         f"{LOGS}/macondo.log",
     benchmark:
         f"{BENCH}/macondo.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        settings=canon(config["macondo"]),
     script:
         "../scripts/macondo.py"
 
@@ -42,11 +42,11 @@ rule macondo_tokens:
         f"{LOGS}/macondo_tokens.log",
     benchmark:
         f"{BENCH}/macondo_tokens.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
     script:
         "../scripts/macondo_tokens.py"
 
@@ -63,10 +63,10 @@ rule chat_tokens:
         f"{LOGS}/chat_tokens.log",
     benchmark:
         f"{BENCH}/chat_tokens.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
     script:
         "../scripts/chat_tokens.py"

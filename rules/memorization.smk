@@ -2,26 +2,6 @@
 # checkpoint, with and without the last MLP, and the kNN-LM over v1.
 
 
-def run_of(model):
-    """(steps, datastore data, variant, seed, with kNN-LM) of a Macondo run."""
-    if model.startswith("memorization-"):
-        _, variant, seed = model.split("-")
-        steps = config["memorization"]["train"]["checkpoints"]
-        with_knn = variant in config["memorization"]["knn_variants"]
-        return sorted(steps), "macondo_v1", variant, int(seed[4:]), with_knn
-    _, seed = model.split("-")
-    steps = config["overspecification"]["train"]["checkpoints"]
-    return sorted(steps), "macondo_v2", "full", int(seed[4:]), True
-
-
-def children_inputs(w):
-    """kNN search results at every checkpoint, or just the checkpoints (LM only)."""
-    steps, data, _, _, with_knn = run_of(w.model)
-    if with_knn:
-        return {"found": [knn_file(w.model, s, data, "prompts_v1") for s in steps]}
-    return {"models": [model_dir(w.model, s) for s in steps]}
-
-
 rule children_loglik:
     input:
         unpack(children_inputs),
@@ -29,24 +9,26 @@ rule children_loglik:
         examples=tokens("prompts_v1"),
     output:
         f"{R}/children/{{model}}.csv",
+    log:
+        f"{LOGS}/children/{{model}}.log",
+    benchmark:
+        f"{BENCH}/children/{{model}}.tsv"
     wildcard_constraints:
         model=r"(memorization-(full|no_last_mlp)|overspec)-seed-?\d+",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small"),
     params:
         steps=lambda w: sorted(run_of(w.model)[0]),
         variant=lambda w: run_of(w.model)[2],
         seed=lambda w: run_of(w.model)[3],
         # only runs with a kNN-LM read (lambda, T): LM-only runs ignore them
         lam=lambda w: config["knn"]["lambda"] if run_of(w.model)[4] else None,
-        temperature=lambda w: config["knn"]["temperature"] if run_of(w.model)[4] else None,
-    log:
-        f"{LOGS}/children/{{model}}.log",
-    benchmark:
-        f"{BENCH}/children/{{model}}.tsv"
-    threads: 1
-    resources:
-        **res("small"),
-    conda:
-        ENV
+        temperature=lambda w: (
+            config["knn"]["temperature"] if run_of(w.model)[4] else None
+        ),
     script:
         "../scripts/children.py"
 
@@ -59,20 +41,28 @@ rule figure1:
             seed=config["memorization"]["seeds"],
         ),
     output:
-        png=report(f"{R}/figures/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+        png=report(
+            f"{R}/figures/figure1.png",
+            caption="../report/figure1.rst",
+            category="Figure 1",
+        ),
         pdf=f"{R}/figures/figure1.pdf",
-        csv=report(f"{R}/figures/figure1.csv", caption="../report/figure1.rst", category="Figure 1"),
+        csv=report(
+            f"{R}/figures/figure1.csv",
+            caption="../report/figure1.rst",
+            category="Figure 1",
+        ),
         rows=f"{R}/figures/figure1_children.csv",
-    params:
-        figure="figure1",
     log:
         f"{LOGS}/figures/figure1.log",
     benchmark:
         f"{BENCH}/figures/figure1.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        figure="figure1",
     script:
         "../scripts/children_figure.py"

@@ -9,20 +9,28 @@ rule figure2:
             model=[overspec_model(s) for s in config["overspecification"]["seeds"]],
         ),
     output:
-        png=report(f"{R}/figures/figure2.png", caption="../report/figure2.rst", category="Figure 2"),
+        png=report(
+            f"{R}/figures/figure2.png",
+            caption="../report/figure2.rst",
+            category="Figure 2",
+        ),
         pdf=f"{R}/figures/figure2.pdf",
-        csv=report(f"{R}/figures/figure2.csv", caption="../report/figure2.rst", category="Figure 2"),
+        csv=report(
+            f"{R}/figures/figure2.csv",
+            caption="../report/figure2.rst",
+            category="Figure 2",
+        ),
         rows=f"{R}/figures/figure2_children.csv",
-    params:
-        figure="figure2",
     log:
         f"{LOGS}/figures/figure2.log",
     benchmark:
         f"{BENCH}/figures/figure2.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        figure="figure2",
     script:
         "../scripts/children_figure.py"

@@ -13,11 +13,11 @@ rule chat_loglik:
         f"{LOGS}/children/chat.log",
     benchmark:
         f"{BENCH}/children/chat.tsv"
+    conda:
+        ENV
     threads: threads("embed")
     resources:
         **res("embed"),
-    conda:
-        ENV
     script:
         "../scripts/chat_loglik.py"
 
@@ -26,20 +26,28 @@ rule figure3:
     input:
         rules.chat_loglik.output,
     output:
-        png=report(f"{R}/figures/figure3.png", caption="../report/figure3.rst", category="Figure 3"),
+        png=report(
+            f"{R}/figures/figure3.png",
+            caption="../report/figure3.rst",
+            category="Figure 3",
+        ),
         pdf=f"{R}/figures/figure3.pdf",
-        csv=report(f"{R}/figures/figure3.csv", caption="../report/figure3.rst", category="Figure 3"),
+        csv=report(
+            f"{R}/figures/figure3.csv",
+            caption="../report/figure3.rst",
+            category="Figure 3",
+        ),
         rows=f"{R}/figures/figure3_children.csv",
-    params:
-        figure="figure3",
     log:
         f"{LOGS}/figures/figure3.log",
     benchmark:
         f"{BENCH}/figures/figure3.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        figure="figure3",
     script:
         "../scripts/children_figure.py"

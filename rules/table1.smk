@@ -2,28 +2,28 @@
 # projection of p_knnlm onto f and f∘g (softmax bottleneck vs MLP hurdle).
 
 
-def corpus_knn(evalset):
-    return knn_file(*corpus_lm(), "corpus_train", evalset)
-
-
 rule knnlm_grid:
     input:
         corpus_knn("corpus_valid"),
     output:
-        csv=report(f"{R}/table1/grid.csv", caption="../report/grid.rst", category="Table 1"),
-        png=report(f"{R}/table1/grid.png", caption="../report/grid.rst", category="Table 1"),
-    params:
-        lambdas=config["table1"]["grid"]["lambda"],
-        temperatures=config["table1"]["grid"]["temperature"],
+        csv=report(
+            f"{R}/table1/grid.csv", caption="../report/grid.rst", category="Table 1"
+        ),
+        png=report(
+            f"{R}/table1/grid.png", caption="../report/grid.rst", category="Table 1"
+        ),
     log:
         f"{LOGS}/table1/grid.log",
     benchmark:
         f"{BENCH}/table1/grid.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        lambdas=config["table1"]["grid"]["lambda"],
+        temperatures=config["table1"]["grid"]["temperature"],
     script:
         "../scripts/knnlm_grid.py"
 
@@ -42,19 +42,19 @@ rule projection:
             caption="../report/projection.rst",
             category="Table 1",
         ),
-    params:
-        settings=canon(config["table1"]["projection"]),
-        lam=config["knn"]["lambda"],
-        temperature=config["knn"]["temperature"],
     log:
         f"{LOGS}/table1/projection.log",
     benchmark:
         f"{BENCH}/table1/projection.tsv"
+    conda:
+        ENV
     threads: threads("embed")
     resources:
         **res("embed"),
-    conda:
-        ENV
+    params:
+        settings=canon(config["table1"]["projection"]),
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
     script:
         "../scripts/projection.py"
 
@@ -66,21 +66,25 @@ rule table1:
         projection=rules.projection.output.tokens,
         key_file=datastore(*corpus_lm(), "corpus_train")["key_file"],
     output:
-        csv=report(f"{R}/table1/table1.csv", caption="../report/table1.rst", category="Table 1"),
+        csv=report(
+            f"{R}/table1/table1.csv",
+            caption="../report/table1.rst",
+            category="Table 1",
+        ),
         md=f"{R}/table1/table1.md",
+    log:
+        f"{LOGS}/table1/table1.log",
+    benchmark:
+        f"{BENCH}/table1/table1.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small"),
     params:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
         k=config["knn"]["k"],
         setting=config["table1"]["projection"]["setting"],
-    log:
-        f"{LOGS}/table1/table1.log",
-    benchmark:
-        f"{BENCH}/table1/table1.tsv"
-    threads: 1
-    resources:
-        **res("small"),
-    conda:
-        ENV
     script:
         "../scripts/table1.py"

@@ -6,17 +6,17 @@ rule tokenizer:
         train=f"{R}/data/corpus/train.txt",
     output:
         directory(f"{R}/data/tokenizer"),
-    params:
-        pretrained=config["tokenizer"]["pretrained"],
-        vocab_size=config["tokenizer"]["vocab_size"],
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:
         f"{BENCH}/tokenizer.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        pretrained=config["tokenizer"]["pretrained"],
+        vocab_size=config["tokenizer"]["vocab_size"],
     script:
         "../scripts/tokenizer.py"

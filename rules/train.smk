@@ -2,27 +2,22 @@
 # experiments. Checkpoints of a run are its outputs, one folder per step.
 
 
-def ckpt_dirs(model, section):
-    steps = config[section]["train"]["checkpoints"]
-    return [directory(model_dir(model, s)) for s in steps]
-
-
 rule import_pretrained:
     output:
         directory(f"{R}/models/{{model}}/step-0"),
-    wildcard_constraints:
-        model=r"hub-[A-Za-z0-9_.=+-]+",
-    params:
-        name=lambda w: next(n for n in pretrained_names() if slug(n) == w.model),
     log:
         f"{LOGS}/import/{{model}}.log",
     benchmark:
         f"{BENCH}/import/{{model}}.tsv"
+    wildcard_constraints:
+        model=r"hub-[A-Za-z0-9_.=+-]+",
+    conda:
+        ENV
     threads: 1
     resources:
         **res("small"),
-    conda:
-        ENV
+    params:
+        name=lambda w: next(n for n in pretrained_names() if slug(n) == w.model),
     script:
         "../scripts/import_pretrained.py"
 
@@ -35,6 +30,15 @@ if not config["corpus_lm"]["pretrained"]:
             tokenizer=f"{R}/data/tokenizer",
         output:
             ckpt_dirs("corpus_lm", "corpus_lm"),
+        log:
+            f"{LOGS}/train/corpus_lm.log",
+        benchmark:
+            f"{BENCH}/train/corpus_lm.tsv"
+        conda:
+            ENV
+        threads: threads("train")
+        resources:
+            **res("train"),
         params:
             train=train_params("corpus_lm"),
             shape=canon(config["corpus_lm"]["shape"]),
@@ -42,15 +46,6 @@ if not config["corpus_lm"]["pretrained"]:
             n_positions=config["corpus"]["block_size"],
             drop_last_mlp=False,
             work_dir=f"{R}/models/corpus_lm/.work",
-        log:
-            f"{LOGS}/train/corpus_lm.log",
-        benchmark:
-            f"{BENCH}/train/corpus_lm.tsv"
-        threads: threads("train")
-        resources:
-            **res("train"),
-        conda:
-            ENV
         script:
             "../scripts/train.py"
 
@@ -61,6 +56,15 @@ rule train_memorization:
         tokenizer=f"{R}/data/tokenizer",
     output:
         ckpt_dirs(memorization_model("{variant}", "{seed}"), "memorization"),
+    log:
+        f"{LOGS}/train/memorization-{{variant}}-seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train/memorization-{{variant}}-seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: threads("train")
+    resources:
+        **res("train"),
     params:
         train=train_params("memorization"),
         shape=canon(config["memorization"]["shape"]),
@@ -68,15 +72,6 @@ rule train_memorization:
         n_positions=64,
         drop_last_mlp=lambda w: w.variant == "no_last_mlp",
         work_dir=lambda w: f"{R}/models/{memorization_model(w.variant, w.seed)}/.work",
-    log:
-        f"{LOGS}/train/memorization-{{variant}}-seed{{seed}}.log",
-    benchmark:
-        f"{BENCH}/train/memorization-{{variant}}-seed{{seed}}.tsv"
-    threads: threads("train")
-    resources:
-        **res("train"),
-    conda:
-        ENV
     script:
         "../scripts/train.py"
 
@@ -87,19 +82,19 @@ rule train_overspecification:
         init=model_dir(*base_model(config["overspecification"]["base_model"])),
     output:
         ckpt_dirs(overspec_model("{seed}"), "overspecification"),
-    params:
-        train=train_params("overspecification"),
-        seed=lambda w: int(w.seed),
-        work_dir=lambda w: f"{R}/models/{overspec_model(w.seed)}/.work",
     log:
         f"{LOGS}/train/overspec-seed{{seed}}.log",
     benchmark:
         f"{BENCH}/train/overspec-seed{{seed}}.tsv"
+    conda:
+        ENV
     threads: threads("train")
     resources:
         **res("train"),
-    conda:
-        ENV
+    params:
+        train=train_params("overspecification"),
+        seed=lambda w: int(w.seed),
+        work_dir=lambda w: f"{R}/models/{overspec_model(w.seed)}/.work",
     script:
         "../scripts/train.py"
 
@@ -110,18 +105,18 @@ rule train_scale:
         init=model_dir(*base_model(config["scale"]["model"])),
     output:
         ckpt_dirs("chat", "scale"),
-    params:
-        train=train_params("scale"),
-        seed=config["scale"]["seed"],
-        work_dir=f"{R}/models/chat/.work",
     log:
         f"{LOGS}/train/chat.log",
     benchmark:
         f"{BENCH}/train/chat.tsv"
+    conda:
+        ENV
     threads: threads("train")
     resources:
         **res("train"),
-    conda:
-        ENV
+    params:
+        train=train_params("scale"),
+        seed=config["scale"]["seed"],
+        work_dir=f"{R}/models/chat/.work",
     script:
         "../scripts/train.py"
