@@ -10,6 +10,7 @@ set -euo pipefail
 
 CLUSTER=knnlm
 DB_PASS=knnlm-test
+MARK="# written by knnlm-limits tests/slurm/cluster.sh"
 
 install() {
     export DEBIAN_FRONTEND=noninteractive
@@ -76,6 +77,7 @@ start() {
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
     mkdir -p /etc/slurm
     cat >/etc/slurm/slurmdbd.conf <<CONF
+$MARK
 DbdHost=localhost
 SlurmUser=root
 AuthType=auth/munge
@@ -90,6 +92,7 @@ LogFile=$dir/log/slurmdbd.log
 CONF
     chmod 600 /etc/slurm/slurmdbd.conf
     cat >/etc/slurm/slurm.conf <<CONF
+$MARK
 ClusterName=$CLUSTER
 SlurmctldHost=localhost
 SlurmUser=root
@@ -143,6 +146,11 @@ stop() {
             kill -9 "$pid" 2>/dev/null || true
         fi
         rm -f "$pidfile"
+    done
+    # Our config files go too: with a slurm.conf but no controller, every SLURM
+    # client call (the Snakemake plugin makes some at import) waits ~10 s to time out.
+    for conf in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+        if [[ -f $conf ]] && grep -qxF "$MARK" "$conf"; then rm -f "$conf"; fi
     done
 }
 
