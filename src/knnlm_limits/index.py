@@ -45,8 +45,20 @@ class NpyRows:
             return out
 
 
+def _reserve_codes(index, n: int) -> None:
+    """Give a flat-codes index (Flat, SQ, PQ) its final code buffer up front.
+
+    Growing the buffer chunk by chunk reallocates it, holding old and new copies
+    at once (up to 2x the index); resizing to the final size and back to zero
+    keeps the capacity, so every later add fills it in place.
+    """
+    if getattr(index, "ntotal", 1) == 0 and hasattr(index, "codes") and hasattr(index, "code_size"):
+        index.codes.resize(n * index.code_size)
+        index.codes.resize(0)
+
+
 def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
-          chunk: int = 65_536, log=None) -> faiss.Index:
+          chunk: int = 16_384, log=None) -> faiss.Index:
     """Index `keys`: a .npy path (read in chunks) or an array."""
     keys = NpyRows(keys) if isinstance(keys, (str, bytes)) or hasattr(keys, "__fspath__") else keys
     n, dim = keys.shape
@@ -54,6 +66,7 @@ def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
     if not index.is_trained:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(train_sample, n), replace=False))
         index.train(np.asarray(keys[rows], dtype=np.float32))
+    _reserve_codes(index, n)
     for start in tqdm(range(0, n, chunk), file=log, mininterval=5, desc="index"):
         index.add(np.asarray(keys[start : start + chunk], dtype=np.float32))
     return index

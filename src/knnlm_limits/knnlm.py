@@ -32,18 +32,19 @@ def lm_and_queries(model, examples: Examples, key: str = "mlp_input", batch_toke
         ids, _ = pad_batch(examples, idx)
         mask = scored_mask(examples, idx, ids.size(1))
         logits, keys = logits_and_keys(model, ids.to(device), key)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
-        keys = keys.cpu()
-        targets = ids[:, 1:]
+        logits, targets = logits[:, :-1].float(), ids[:, 1:]
+        # log p(target) = logit(target) - logsumexp(logits): no (B, T, V) log-softmax tensor
+        target_logits = logits.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+        logp = (target_logits - torch.logsumexp(logits, dim=-1)).cpu()
         out["targets"].append(targets[mask])
-        out["lm_logprob"].append(logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[mask])
-        out["queries"].append(keys[:, :-1][mask].float())
+        out["lm_logprob"].append(logp[mask])
+        out["queries"].append(keys[:, :-1].cpu()[mask].float())
         rows = torch.as_tensor(idx).unsqueeze(1).expand_as(mask)
         out["example"].append(rows[mask])
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def search(index, queries: np.ndarray, k: int, batch: int = 4096, log=None):
+def search(index, queries: np.ndarray, k: int, batch: int = 16384, log=None):
     """Squared L2 distances (N, k) and datastore ids (N, k); -1 marks no neighbour."""
     k = min(k, index.ntotal)
     dists = np.empty((len(queries), k), dtype=np.float32)
