@@ -70,10 +70,23 @@ def base_model(name):
     return corpus_lm() if name == "corpus_lm" else (slug(name), 0)
 
 
-def pretrained_names():
-    names = [config["corpus_lm"]["pretrained"]]
-    names += [config["overspecification"]["base_model"], config["scale"]["model"]]
-    return sorted({n for n in names if n and n != "corpus_lm"})
+def pretrained_sources():
+    """{hub id or path: the config key(s) naming it} for models imported from outside."""
+    keys = {
+        "corpus_lm.pretrained": config["corpus_lm"]["pretrained"],
+        "overspecification.base_model": config["overspecification"]["base_model"],
+        "scale.model": config["scale"]["model"],
+    }
+    sources = {}
+    for key, name in keys.items():
+        if name and name != "corpus_lm":
+            sources[name] = " / ".join(filter(None, [sources.get(name), key]))
+    return sources
+
+
+def pretrained_source(model):
+    """(name, config key) of the imported model whose folder is `model`."""
+    return next((n, k) for n, k in pretrained_sources().items() if slug(n) == model)
 
 
 def memorization_model(variant, seed):

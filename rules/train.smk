@@ -17,7 +17,8 @@ rule import_pretrained:
     resources:
         **res("small"),
     params:
-        name=lambda w: next(n for n in pretrained_names() if slug(n) == w.model),
+        name=lambda w: pretrained_source(w.model)[0],
+        config_key=lambda w: pretrained_source(w.model)[1],
     script:
         "../scripts/import_pretrained.py"
 

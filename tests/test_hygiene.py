@@ -50,3 +50,26 @@ def test_report_holds_every_figure_and_table_with_caption(tiny_runs, tmp_path):
     for caption in ("Macondo v1", "over-specified Macondo v2", "chat model fine-tuned", "MLP hurdle",
                     "validation perplexity"):
         assert caption.lower() in html.lower(), caption
+
+
+def test_every_rule_declares_log_benchmark_threads_resources_conda():
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "rules").glob("*.smk")))
+    blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
+    rules = dict(zip(blocks[::2], blocks[1::2]))
+    assert len(rules) >= 20
+    for name, body in rules.items():
+        for directive in ("log:", "benchmark:", "threads:", "resources:", "conda:"):
+            assert directive in body, f"rule {name} has no {directive}"
+        assert "params:\n        config=" not in body and "config)" not in body, f"rule {name} passes the whole config"
+
+
+def test_import_error_names_the_config_key_and_model(tmp_path):
+    """A model the config names that cannot be had (offline, no local copy): its
+    import job fails with the config key and the model id."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"overspecification": {"base_model": "no-such-org/no-such-model"}}))
+    target = f"{tmp_path}/r/models/hub-no-such-org--no-such-model/step-0"
+    proc = snakemake(target, "--cores", "1", "--configfile", str(cfg), "--config", f"results={tmp_path}/r", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "r/logs/import/hub-no-such-org--no-such-model.log").read_text()
+    assert "'overspecification.base_model'" in log and "'no-such-org/no-such-model'" in log
