@@ -15,5 +15,5 @@ with logged(snakemake) as log:
             vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
             eos_token_id=tok.eos_token_id, seed=p.seed, **p.shape,
         ).to(model.best_device())
-    out_dirs = dict(zip(sorted(settings.checkpoints), sorted(snakemake.output, key=lambda d: int(d.rsplit("-", 1)[1]))))
+    out_dirs = {int(d.rsplit("step-", 1)[1]): d for d in snakemake.output}
     train.train(lm, Examples.load(snakemake.input.examples), settings, out_dirs, p.work_dir, log=log)

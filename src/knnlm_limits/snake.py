@@ -30,8 +30,7 @@ def logged(snakemake):
 
 
 def torch_threads(n: int) -> None:
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(max(1, int(n)))
+    """Pin torch to the job's threads, if the script uses torch at all (its import costs ~1.5 s)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, int(n)))
