@@ -31,8 +31,6 @@ def figure1(table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     styles = {"lm": "-", "knnlm": ":"}
     for (variant, method), rows in summary.groupby(["variant", "method"]):
-        if method == "knnlm" and variant != "full":
-            continue  # one kNN-LM curve, as in the paper
         rows = rows.sort_values("step")
         line, = ax.plot(rows.step, rows["mean"], styles[method], marker="o", ms=3, label=LABELS[(variant, method)])
         ax.fill_between(rows.step, rows["mean"] - rows["std"], rows["mean"] + rows["std"], alpha=0.2, color=line.get_color())

@@ -112,30 +112,25 @@ def last_block(model):
 
 
 @contextmanager
-def capture_last_mlp_input(model):
-    """Record h = enc(c) (input of the last block's ln_2) and ln_2(h) during a forward."""
-    ln_2 = last_block(model).ln_2
+def capture_enc(model):
+    """Record h = enc(c), the input of the last block's ln_2, during a forward pass."""
     seen = {}
 
     def pre_hook(_module, args):
-        seen["residual"] = args[0]
+        seen["h"] = args[0]
 
-    def post_hook(_module, _args, output):
-        seen["mlp_input"] = output
-
-    handles = [ln_2.register_forward_pre_hook(pre_hook), ln_2.register_forward_hook(post_hook)]
+    handle = last_block(model).ln_2.register_forward_pre_hook(pre_hook)
     try:
         yield seen
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
 
 
 def enc(model, input_ids: torch.Tensor) -> torch.Tensor:
     """h = enc(c) at every position of `input_ids` (B, T) -> (B, T, d)."""
-    with capture_last_mlp_input(model) as seen:
+    with capture_enc(model) as seen:
         model.transformer(input_ids=input_ids)
-    return seen["residual"]
+    return seen["h"]
 
 
 def g(model, h: torch.Tensor) -> torch.Tensor:
@@ -164,17 +159,11 @@ def knn_key(model, h: torch.Tensor, key: str = "mlp_input") -> torch.Tensor:
 
 def logits_and_keys(model, input_ids: torch.Tensor, key: str = "mlp_input"):
     """One forward pass giving the LM logits and the kNN keys at every position."""
-    if key not in KEY_KINDS:
-        raise ValueError(f"knn key {key!r} is not one of {KEY_KINDS}")
-    with capture_last_mlp_input(model) as seen:
+    with capture_enc(model) as seen:
         logits = model(input_ids=input_ids).logits
-    return logits, seen[key]
+    return logits, knn_key(model, seen["h"], key)
 
 
 def keys_only(model, input_ids: torch.Tensor, key: str = "mlp_input") -> torch.Tensor:
     """kNN keys without computing the vocabulary logits (the datastore's forward)."""
-    if key not in KEY_KINDS:
-        raise ValueError(f"knn key {key!r} is not one of {KEY_KINDS}")
-    with capture_last_mlp_input(model) as seen:
-        model.transformer(input_ids=input_ids)
-    return seen[key]
+    return knn_key(model, enc(model, input_ids), key)

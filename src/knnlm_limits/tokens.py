@@ -34,10 +34,6 @@ class Examples:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def n_scored(self) -> int:
-        """How many (context, next token) pairs the scored positions hold."""
-        return int(np.maximum(self.lengths() - self.score_start, 0).sum())
-
     def save(self, path) -> None:
         io.save_npz(path, tokens=self.tokens, offsets=self.offsets, score_start=self.score_start)
 
