@@ -38,7 +38,6 @@ def main():
     ap.add_argument("--k", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     rng = np.random.default_rng(0)
     lm = model.build_gpt2(args.vocab, args.layers, args.width, 4, 128, seed=0).to(model.best_device()).eval()

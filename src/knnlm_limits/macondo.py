@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from . import io
+from .tokens import from_sequences
 
 V1 = "{parent} is the parent of {child}"
 V2 = "{parent}, who {desc}, is the parent of {child}"
@@ -164,8 +168,6 @@ def generate(settings: dict, tok, seed: int) -> Macondo:
 
 def write(m: Macondo, out: dict) -> None:
     """Human-readable files: CSV tables and one sentence per line."""
-    from . import io
-
     io.write_csv(out["villagers"], m.villagers)
     io.write_csv(out["facts"], m.facts)
     io.write_csv(out["prompts"], m.prompts)
@@ -174,15 +176,11 @@ def write(m: Macondo, out: dict) -> None:
 
 
 def read_sentences(path) -> list[str]:
-    from pathlib import Path
-
     return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 def sentence_examples(tok, sentences):
     """Each sentence alone, framed by end-of-text tokens: <eos> sentence <eos>."""
-    from .tokens import from_sequences
-
     eos = tok.eos_token_id
     ids = tok(list(sentences), add_special_tokens=False)["input_ids"]
     return from_sequences([[eos, *seq, eos] for seq in ids])
@@ -190,8 +188,6 @@ def sentence_examples(tok, sentences):
 
 def prompt_examples(tok, prompts, children):
     """<eos> prompt child: only the child's tokens are scored."""
-    from .tokens import from_sequences
-
     eos = tok.eos_token_id
     p_ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
     c_ids = tok([" " + c for c in children], add_special_tokens=False)["input_ids"]

@@ -13,7 +13,13 @@ tokens so that each row's gradient is its own problem's gradient.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm import tqdm
+
+from .knnlm import interpolate, knn_log_dist
+from .model import device_of, enc, f_logits, g
+from .tokens import pad_batch, scored_mask
 
 DIRECTIONS = ("paper", "reverse")  # KL[f(z)||p] and KL[p||f(z)]
 
@@ -71,13 +77,6 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
     Returns (per-token DataFrame of log-probs of the true token under the LM, the
     kNN-LM and both projections; DataFrame of the mean-KL traces).
     """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from .knnlm import interpolate, knn_log_dist
-    from .model import device_of, enc, f_logits, g
-    from .tokens import pad_batch, scored_mask
-
     lm.eval()
     idx = _first_positions(examples, settings["tokens"])
     ids, _ = pad_batch(examples, idx)

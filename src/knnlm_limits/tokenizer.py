@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -62,8 +63,6 @@ def load(path):
 
 def encode_lines(tok, lines, add_eos_between: bool = False):
     """Token ids of a text given as lines, concatenated into one stream."""
-    import numpy as np
-
     ids = tok(list(lines), add_special_tokens=False)["input_ids"]
     if add_eos_between:
         ids = [seq + [tok.eos_token_id] for seq in ids]
