@@ -2,23 +2,34 @@
 
 Determinism and resumption come from one rule: everything step s does (its
 batch, its dropout noise, its learning rate) is a function of (seed, s) alone.
-A checkpoint therefore needs only the weights and the optimizer state; a run
-killed at any point resumes from its last complete checkpoint and ends with the
-same weights as an uninterrupted run (same seed, CPU).
+Resumable state therefore needs only the weights and the optimizer state.
 
-Checkpoints go to ``work_dir/step-N/`` (weights via save_pretrained, safetensors)
-with the optimizer state of the latest one in ``work_dir/state.pt``. The
-declared outputs are filled only when training ends, by moving the checkpoint
-folders out of ``work_dir``; Snakemake never deletes ``work_dir`` before a rerun,
-so a killed job resumes.
+Layout of ``work_dir`` while a run is in progress:
+
+    step-N/   each checkpoint of ``settings.checkpoints`` reached so far (save_pretrained)
+    state/    the latest resumable state: weights, optimizer, and meta.json with
+              the step and the run's fingerprint (settings, seed, examples,
+              initial weights); written every ``save_every`` steps and at every
+              checkpoint, always after that step's checkpoint folder
+
+A rerun resumes from ``state/`` only if its fingerprint matches; otherwise the
+work folder is discarded (one log line). When training ends, the checkpoint
+folders are *linked* into the declared outputs (the work copies stay), and only
+then is ``work_dir`` removed, state first: a job killed while publishing still
+finishes on rerun, even though Snakemake deletes a killed job's outputs.
+
+Weights are trained in float32 whatever dtype a checkpoint was saved in; on a
+GPU the forward and backward passes run under bf16 autocast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +38,7 @@ from tqdm import tqdm
 
 from . import io
 from .model import check_context, device_of
-from .tokens import Examples, pad_batch
+from .tokens import Examples, pad_batch, scored_mask
 
 
 @dataclass
@@ -38,11 +49,16 @@ class TrainSettings:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    save_every: int | None = None  # resumable state every this many steps (and at checkpoints)
     seed: int = 0
 
     @property
     def total_steps(self) -> int:
         return max(self.checkpoints)
+
+    def saves_state_after(self, step: int) -> bool:
+        """Whether the state is saved once `step` steps are done."""
+        return step in self.checkpoints or bool(self.save_every and step % self.save_every == 0)
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -64,12 +80,18 @@ def batch_indices(step: int, n_examples: int, s: TrainSettings) -> np.ndarray:
     return out
 
 
-def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real (unpadded) targets."""
-    logits = model(input_ids=ids).logits[:, :-1]
-    targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+def lm_loss(model, ids: torch.Tensor, targets_scored: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the scored targets (B, T-1).
+
+    Padding is never scored; for a chat turn only the assistant's answer is.
+    The targets are shifted, not the logits: slicing the (B, T, V) logits would
+    copy them, and zero-fill a full-size gradient for the slice, every step.
+    """
+    logits = model(input_ids=ids).logits
+    targets = torch.full_like(ids, -100)
+    targets[:, :-1] = ids[:, 1:].masked_fill(~targets_scored, -100)
     return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100
     )
 
 
@@ -82,58 +104,108 @@ def _optimizer(model, s: TrainSettings):
     )
 
 
-def _save_checkpoint(model, optimizer, step: int, work_dir: Path) -> None:
-    with io.atomic_path(work_dir / f"step-{step}") as tmp:
+def fingerprint(model, examples: Examples, s: TrainSettings) -> str:
+    """What a resumable state must have been made from: settings, seed, examples, initial model."""
+    digest = hashlib.blake2b(digest_size=16)
+    settings = {k: v for k, v in asdict(s).items() if k != "save_every"}  # how often, not what
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=True).encode())
+    for array in (examples.tokens, examples.starts, examples.sizes, examples.score_start):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_state(model, optimizer, step: int, run_id: str, work_dir: Path) -> None:
+    with io.atomic_path(work_dir / "state") as tmp:
         model.save_pretrained(tmp)
-    with io.atomic_path(work_dir / "state.pt") as tmp:
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp)
-
-
-def _resume(model, optimizer, work_dir: Path, load_weights) -> int:
-    """Restore the last complete checkpoint in work_dir; the step to start from."""
-    state_file = work_dir / "state.pt"
-    if not state_file.exists():
-        return 0
-    state = torch.load(state_file, weights_only=True, map_location=device_of(model))  # tensors and numbers only
-    step = int(state["step"])
-    load_weights(model, work_dir / f"step-{step}")
-    optimizer.load_state_dict(state["optimizer"])
-    return step
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "fingerprint": run_id}))
 
 
 def _load_weights(model, ckpt_dir: Path) -> None:
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict(load_file(ckpt_dir / "model.safetensors", device=str(device_of(model))), strict=False)
-    # save_pretrained leaves out the tied output matrix; nothing else may be missing.
+    weights = load_file(ckpt_dir / "model.safetensors", device=str(device_of(model)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # save_pretrained leaves out a tied output matrix; nothing else may be missing.
     if unexpected or any(not k.startswith("lm_head.") for k in missing):
         raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
 
 
+def _resume(model, optimizer, work_dir: Path, run_id: str, s: TrainSettings, log) -> int:
+    """Restore the state in work_dir if it was made by this very run; the step to start from."""
+    meta_file = work_dir / "state" / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    step = meta["step"] if meta else 0
+    reached = [c for c in s.checkpoints if c <= step]
+    usable = (meta and meta["fingerprint"] == run_id
+              and all((work_dir / f"step-{c}" / "model.safetensors").is_file() for c in reached))
+    if not usable:
+        if work_dir.exists() and any(work_dir.iterdir()):
+            why = "another run's state (settings, seed, data or initial weights differ)" if meta else "no resumable state"
+            print(f"discarding {work_dir}: {why}", file=log, flush=True)
+            shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return 0
+    _load_weights(model, work_dir / "state")
+    optimizer.load_state_dict(torch.load(work_dir / "state" / "optimizer.pt", weights_only=True,
+                                         map_location=device_of(model)))  # tensors and numbers only
+    print(f"resuming from step {step} in {work_dir}", file=log, flush=True)
+    return step
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """dst gets src's files as hard links (copies across file systems); src stays."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for item in src.iterdir():
+        try:
+            os.link(item, dst / item.name)
+        except OSError:
+            shutil.copy2(item, dst / item.name)
+
+
+def _publish(work_dir: Path, out_dirs: dict[int, str]) -> None:
+    for step, out in out_dirs.items():
+        _link_tree(work_dir / f"step-{step}", Path(out))
+    # the state first: a half-removed work_dir then holds no state to trust
+    shutil.rmtree(work_dir / "state", ignore_errors=True)
+    shutil.rmtree(work_dir)
+
+
 def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str], work_dir, log=None) -> None:
     """Train `model` on `examples`, writing the checkpoint of each step in out_dirs."""
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(model)
-    check_context(model, examples, "training examples")
     if sorted(out_dirs) != sorted(set(s.checkpoints)):
         raise ValueError("out_dirs must name one folder per checkpoint step")
+    check_context(model, examples, "training examples")
+    model.float()  # float32 master weights, whatever the checkpoint's dtype
+    device = device_of(model)
+    run_id = fingerprint(model, examples, s)
     optimizer = _optimizer(model, s)
-    start = _resume(model, optimizer, work_dir, _load_weights)
-    if start == 0 and not (work_dir / "step-0").exists() and 0 in s.checkpoints:
-        _save_checkpoint(model, optimizer, 0, work_dir)
-    if start:
-        print(f"resuming from step {start} in {work_dir}", file=log, flush=True)
+    start = _resume(model, optimizer, work_dir, run_id, s, log)
+    if start == 0 and 0 in s.checkpoints:
+        with io.atomic_path(work_dir / "step-0") as tmp:
+            model.save_pretrained(tmp)
 
     model.train()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(range(start, s.total_steps), initial=start, total=s.total_steps, file=log, mininterval=5, desc="train")
     for step in bar:
         torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
-        ids, mask = (t.to(device) for t in pad_batch(examples, batch_indices(step, len(examples), s)))
+        idx = batch_indices(step, len(examples), s)
+        ids, _ = pad_batch(examples, idx)
+        scored = scored_mask(examples, idx, ids.size(1))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
-        loss = lm_loss(model, ids, mask)
+        with autocast:
+            loss = lm_loss(model, ids.to(device), scored.to(device))
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -142,16 +214,15 @@ def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str],
             torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if step + 1 in s.checkpoints:
-            _save_checkpoint(model, optimizer, step + 1, work_dir)
+        done = step + 1
+        if done in s.checkpoints:
+            with io.atomic_path(work_dir / f"step-{done}") as tmp:
+                model.save_pretrained(tmp)
+        if s.saves_state_after(done) and done < s.total_steps:
+            _save_state(model, optimizer, done, run_id, work_dir)
     bar.close()
     model.eval()
-
-    # Publish: move every checkpoint to its declared output, then drop the work dir.
-    for step, out in out_dirs.items():
-        out = Path(out)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work_dir / f"step-{step}", out)
-    shutil.rmtree(work_dir)
+    # The finished run is a state too: a job killed while publishing resumes here.
+    if start < s.total_steps:
+        _save_state(model, optimizer, s.total_steps, run_id, work_dir)
+    _publish(work_dir, out_dirs)
