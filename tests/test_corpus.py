@@ -1,7 +1,7 @@
 import pytest
 
 from knnlm_limits import corpus
-from tests.conftest import SHARED_WIKITEXT, needs_wikitext
+from tests.support import SHARED_WIKITEXT
 
 
 def _write(tmp_path, name, text):
@@ -24,8 +24,7 @@ def test_relative_paths_resolve_against_base_dir(tmp_path):
     assert splits["test"] == ["some text\n"]
 
 
-@needs_wikitext
-def test_shared_wikitext_loads():
+def test_shared_wikitext_loads(wikitext_lines):
     valid = str(SHARED_WIKITEXT / "valid.txt")
     test = str(SHARED_WIKITEXT / "test.txt")
     splits = corpus.load_splits({"local_files": {"train": valid, "valid": test + "[:0.5]", "test": test + "[0.5:]"}})
@@ -45,10 +44,21 @@ def test_empty_split_is_an_error(tmp_path):
         corpus.load_splits({"local_files": {"train": full, "valid": full, "test": empty}})
 
 
-def test_bad_slice(tmp_path):
+@pytest.mark.parametrize("spec", ["[0.7:0.2]", "[a:b]", "[0.1.2:]", "[:0.5", "[1.5:]", "[0.5]"])
+def test_malformed_slice_names_the_key(tmp_path, spec):
     f = _write(tmp_path, "a", "x\n")
-    with pytest.raises(corpus.CorpusError, match="slice"):
-        corpus.load_splits({"local_files": {"train": f, "valid": f + "[0.7:0.2]", "test": f}})
+    with pytest.raises(corpus.CorpusError, match=r"corpus\.local_files\.valid.*slice"):
+        corpus.load_splits({"local_files": {"train": f, "valid": f + spec, "test": f}})
+
+
+def test_synthetic_corpus_is_seeded_and_wikitext_shaped():
+    settings = {"train_lines": 200, "eval_lines": 30, "seed": 4}
+    a, b = corpus.synthetic_splits(settings), corpus.synthetic_splits(settings)
+    assert a == b and a != corpus.synthetic_splits({**settings, "seed": 5})
+    assert [len(a[s]) for s in corpus.SPLITS] == [200, 30, 30]
+    assert a["valid"] != a["test"]
+    assert all(line.endswith("\n") for line in a["train"])
+    assert any(line.startswith(" = ") for line in a["train"])  # headings, as in WikiText
 
 
 def test_no_hub_and_no_local_files_names_the_setting():
@@ -57,10 +67,10 @@ def test_no_hub_and_no_local_files_names_the_setting():
         corpus.load_splits({"hub_id": "Salesforce/wikitext", "hub_config": "wikitext-2-raw-v1", "local_files": None})
 
 
-@needs_wikitext
 def test_split_smaller_than_a_block_is_an_error(small_tokenizer, tmp_path):
     f = _write(tmp_path, "tiny.txt", "A few words only .\n")
-    with pytest.raises(corpus.CorpusError, match=r"tiny\.txt.*fewer than one training block.*block_size = 128"):
+    with pytest.raises(corpus.CorpusError, match=r"tiny\.txt.*fewer than one block.*block_size = 128"):
         corpus.tokenize_split(small_tokenizer, f, block_size=128)
-    blocks = corpus.tokenize_split(small_tokenizer, f, block_size=2)
-    assert blocks.lengths().tolist() == [2] * len(blocks)
+    stream = corpus.tokenize_split(small_tokenizer, f, block_size=2)
+    assert small_tokenizer.decode(stream.tolist()) == "A few words only .\n"
+    assert len(corpus.tokenize_split(small_tokenizer, f, block_size=2, max_tokens=3)) == 3

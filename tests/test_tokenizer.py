@@ -1,22 +1,41 @@
 from transformers import AutoTokenizer
 
-from knnlm_limits import tokenizer
-from tests.conftest import needs_wikitext
-
-pytestmark = needs_wikitext
+from knnlm_limits import corpus, tokenizer
 
 
-def test_bpe_round_trip_and_autotokenizer(small_tokenizer, wikitext_lines, tmp_path):
+def test_bpe_round_trip_and_autotokenizer(small_tokenizer, tmp_path):
     small_tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(str(tmp_path))
-    assert len(loaded) == len(small_tokenizer) == 4096
-    text = "".join(wikitext_lines[:40])
+    assert len(loaded) == len(small_tokenizer)
+    text = "".join(corpus.synthetic_lines(40, seed=[3, 3]))
     ids = loaded(text, add_special_tokens=False)["input_ids"]
     assert loaded.decode(ids) == text
     assert ids == small_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert loaded.eos_token == tokenizer.EOS and loaded.eos_token_id is not None
 
 
+def test_bpe_is_trained_on_what_is_encoded(tmp_path):
+    """The corpus is encoded line by line with its newlines; the BPE learns from the same
+    lines, so the ubiquitous WikiText line end ' \\n' is one token, not two unseen bytes."""
+    path = tmp_path / "train.txt"
+    path.write_text("".join(corpus.synthetic_lines(600, seed=[1, 1])))
+    tok = tokenizer.build({"pretrained": None, "vocab_size": 1000}, path)
+    assert len(tok.tokenize(" \n")) == 1
+    assert tok.decode(tokenizer.encode_lines(tok, corpus.read_lines(path)).tolist()) == path.read_text()
+
+
 def test_encode_lines_concatenates(small_tokenizer):
     stream = tokenizer.encode_lines(small_tokenizer, ["a cat\n", "a dog\n"])
     assert small_tokenizer.decode(stream.tolist()) == "a cat\na dog\n"
+
+
+def test_vocabulary_comparison_names_the_model_key(small_tokenizer, tmp_path):
+    import pytest
+
+    small_tokenizer.save_pretrained(tmp_path / "ours")
+    small_tokenizer.save_pretrained(tmp_path / "same")
+    tokenizer.check_same_vocabulary(tmp_path / "ours", tmp_path / "same", "overspecification.base_model")
+    other = tokenizer.train_bpe(corpus.synthetic_lines(300, seed=[2, 2]), 800)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(tokenizer.TokenizerError, match=r"'overspecification\.base_model'.*tokenizer\.pretrained"):
+        tokenizer.check_same_vocabulary(tmp_path / "ours", tmp_path / "other", "overspecification.base_model")

@@ -1,17 +1,22 @@
 """Tokenizer stage: one tokenizer for the whole workflow.
 
-Either a byte-level BPE trained with `tokenizers` on the corpus training split,
-or the pretrained tokenizer of a named model (``gpt2`` at paper scale). Either
-way it is saved so that ``AutoTokenizer.from_pretrained(dir)`` loads it.
+Either a byte-level BPE trained with `tokenizers` on the corpus training split
+(the lines with their newlines, exactly as the corpus is then encoded), or the
+pretrained tokenizer of a named model (``gpt2`` at paper scale). Either way it
+is saved so that ``AutoTokenizer.from_pretrained(dir)`` loads it.
+
+Every model that reads the workflow's token files must share this tokenizer:
+``vocabulary`` reads a saved tokenizer's token -> id map from its files, so the
+check costs no transformers import and can run while the workflow is planned.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 
@@ -20,8 +25,10 @@ class TokenizerError(RuntimeError):
     pass
 
 
-def train_bpe(lines, vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2's scheme) trained on `lines`."""
+def train_bpe(lines, vocab_size: int):
+    """Byte-level BPE (GPT-2's scheme) trained on `lines`, as a PreTrainedTokenizerFast."""
+    from transformers import PreTrainedTokenizerFast
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -31,13 +38,15 @@ def train_bpe(lines, vocab_size: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator((line for line in lines if line.strip()), trainer)
+    bpe.train_from_iterator(lines, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )
 
 
 def load_pretrained(name_or_path: str, config_key: str = "tokenizer.pretrained"):
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
@@ -50,15 +59,55 @@ def load_pretrained(name_or_path: str, config_key: str = "tokenizer.pretrained")
     return tok
 
 
-def build(settings: dict, train_file) -> PreTrainedTokenizerFast:
+def build(settings: dict, train_file):
+    from .corpus import read_lines
+
     if settings.get("pretrained"):
-        return load_pretrained(settings["pretrained"])
-    lines = Path(train_file).read_text(encoding="utf-8").splitlines()
-    return train_bpe(lines, settings["vocab_size"])
+        return load_pretrained(settings["pretrained"], "tokenizer.pretrained")
+    return train_bpe(read_lines(train_file), settings["vocab_size"])
 
 
 def load(path):
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def vocabulary(path) -> dict[str, int] | None:
+    """The token -> id map of a tokenizer saved in folder `path` (None if it holds none).
+
+    Read from tokenizer.json (a fast tokenizer) or vocab.json + added_tokens.json.
+    """
+    path = Path(path)
+    if (path / "tokenizer.json").is_file():
+        spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab = dict(spec["model"].get("vocab") or {})
+        if isinstance(spec["model"].get("vocab"), list):  # unigram: [[piece, score], ...]
+            vocab = {piece: i for i, (piece, _) in enumerate(spec["model"]["vocab"])}
+        vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+        return vocab
+    if (path / "vocab.json").is_file():
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+        added = path / "added_tokens.json"
+        if added.is_file():
+            vocab.update(json.loads(added.read_text(encoding="utf-8")))
+        return vocab
+    return None
+
+
+def check_same_vocabulary(workflow_dir, model_dir, model_key: str) -> None:
+    """A model must read token ids as the workflow's tokenizer writes them."""
+    ours, theirs = vocabulary(workflow_dir), vocabulary(model_dir)
+    if theirs is None:
+        raise TokenizerError(f"config key {model_key!r}: the model in {str(model_dir)!r} comes with no tokenizer to compare")
+    if ours != theirs:
+        differ = sum(1 for tok, i in ours.items() if theirs.get(tok) != i) + len(set(theirs) - set(ours))
+        raise TokenizerError(
+            f"config key {model_key!r}: the model's tokenizer ({len(theirs)} tokens) is not the workflow's "
+            f"(tokenizer.pretrained / tokenizer.vocab_size: {len(ours)} tokens; {differ} token ids differ). "
+            f"Every model reads the workflow's token files: set tokenizer.pretrained to the same model, "
+            f"or use a model trained with the workflow's tokenizer."
+        )
 
 
 def encode_lines(tok, lines, add_eos_between: bool = False):

@@ -1,11 +1,13 @@
-"""Token examples: a ragged list of token sequences stored as flat arrays.
+"""Token examples: a ragged list of token sequences, each a view of one flat array.
 
 Every stage that reads tokens (training, datastore, kNN-LM) takes an Examples.
-For a corpus each example is one block of the token stream; for Macondo each is
-one sentence (or prompt plus answer), so that every sentence is encoded alone.
-``score_start[i]`` is the first position of example i whose token is scored
-(predicted from the tokens before it): 1 for language modelling, the answer's
-first position for a prompt.
+For a corpus each example is one block or sliding window of the token stream;
+for Macondo each is one sentence (or prompt plus answer), so that every
+sentence is encoded alone. ``score_start[i]`` is the first position of example
+i whose token is scored (predicted from the tokens before it and used as a
+training target): 1 for language modelling, the answer's first position for a
+prompt or a chat turn, and the first token no earlier window scored for a
+sliding window.
 """
 
 from __future__ import annotations
@@ -14,54 +16,92 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
 from . import io
 
 
 @dataclass
 class Examples:
-    tokens: np.ndarray  # int32, all examples concatenated
-    offsets: np.ndarray  # int64, len(examples) + 1
-    score_start: np.ndarray  # int64, first scored position of each example
+    tokens: np.ndarray  # int32, the flat array every example is a slice of
+    starts: np.ndarray  # int64, where example i begins in `tokens`
+    sizes: np.ndarray  # int64, its number of tokens
+    score_start: np.ndarray  # int64, its first scored position
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.starts)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+        return self.tokens[self.starts[i] : self.starts[i] + self.sizes[i]]
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return self.sizes
+
+    def n_scored(self) -> int:
+        return int(np.maximum(self.sizes - self.score_start, 0).sum())
 
     def save(self, path) -> None:
-        io.save_npz(path, tokens=self.tokens, offsets=self.offsets, score_start=self.score_start)
+        io.save_npz(path, tokens=self.tokens, starts=self.starts, sizes=self.sizes, score_start=self.score_start)
 
     @classmethod
     def load(cls, path) -> "Examples":
         data = io.load_npz(path)
-        return cls(data["tokens"], data["offsets"], data["score_start"])
+        return cls(data["tokens"], data["starts"], data["sizes"], data["score_start"])
 
 
 def from_sequences(seqs: Iterable[Sequence[int]], score_start: Sequence[int] | None = None) -> Examples:
     seqs = [np.asarray(s, dtype=np.int32) for s in seqs]
     if any(len(s) < 2 for s in seqs):
         raise ValueError("every example needs at least two tokens (a context and a next token)")
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    sizes = np.array([len(s) for s in seqs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if seqs else np.zeros(0, np.int64)
     tokens = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int32)
-    starts = np.ones(len(seqs), dtype=np.int64) if score_start is None else np.asarray(score_start, dtype=np.int64)
-    return Examples(tokens, offsets, starts)
+    starts_scored = np.ones(len(seqs), dtype=np.int64) if score_start is None else np.asarray(score_start, dtype=np.int64)
+    return Examples(tokens, starts, sizes, starts_scored)
 
 
-def blocks(stream: np.ndarray, block_size: int, max_tokens: int | None = None) -> Examples:
-    """Cut a token stream into consecutive blocks of `block_size` (the tail is dropped)."""
+def save_stream(path, stream: np.ndarray) -> None:
+    io.save_npz(path, tokens=np.asarray(stream, dtype=np.int32))
+
+
+def load_stream(path) -> np.ndarray:
+    return io.load_npz(path)["tokens"]
+
+
+def blocks(stream: np.ndarray, block_size: int) -> Examples:
+    """Consecutive, non-overlapping blocks of `block_size` (the tail is dropped): training data."""
     stream = np.asarray(stream, dtype=np.int32)
-    if max_tokens is not None:
-        stream = stream[:max_tokens]
     n_blocks = len(stream) // block_size
-    offsets = np.arange(n_blocks + 1, dtype=np.int64) * block_size
-    return Examples(stream[: n_blocks * block_size].copy(), offsets, np.ones(n_blocks, dtype=np.int64))
+    starts = np.arange(n_blocks, dtype=np.int64) * block_size
+    sizes = np.full(n_blocks, block_size, dtype=np.int64)
+    return Examples(stream, starts, sizes, np.ones(n_blocks, dtype=np.int64))
+
+
+def windows(stream: np.ndarray, block_size: int, stride: int | None = None) -> Examples:
+    """Sliding windows for evaluation and datastores (Hugging Face's fixed-length recipe).
+
+    Windows of `block_size` tokens start every `stride` tokens; the last one ends
+    at the end of the stream. Each window scores only the tokens no earlier
+    window scored, so every token after the first is scored exactly once, and
+    past the first window with at least ``block_size - stride`` tokens of
+    context. ``stride = block_size`` gives plain consecutive blocks.
+    """
+    stride = block_size if stride is None else stride
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride {stride} must be between 1 and the block size {block_size}")
+    stream = np.asarray(stream, dtype=np.int32)
+    n = len(stream)
+    starts, sizes, first_scored = [], [], []
+    begin, scored_to = 0, 1  # position 0 has no context: never scored
+    while scored_to < n:
+        end = min(begin + block_size, n)
+        first = max(scored_to - begin, 1)
+        if first < end - begin:
+            starts.append(begin)
+            sizes.append(end - begin)
+            first_scored.append(first)
+        scored_to = end
+        begin += stride
+    return Examples(stream, np.asarray(starts, np.int64), np.asarray(sizes, np.int64), np.asarray(first_scored, np.int64))
 
 
 def pad_batch(examples: Examples, indices: Sequence[int], pad_id: int = 0):
@@ -69,6 +109,8 @@ def pad_batch(examples: Examples, indices: Sequence[int], pad_id: int = 0):
 
     Right padding needs no attention mask in a causal LM: no real token sees a pad.
     """
+    import torch
+
     seqs = [examples[i] for i in indices]
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
@@ -79,19 +121,20 @@ def pad_batch(examples: Examples, indices: Sequence[int], pad_id: int = 0):
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def scored_mask(examples: Examples, indices: Sequence[int], width: int, all_positions: bool = False):
+def scored_mask(examples: Examples, indices: Sequence[int], width: int):
     """(B, width - 1) bool: which next-token targets ids[:, 1:] are scored."""
+    import torch
+
     pos = np.arange(1, width)[None, :]
-    lengths = examples.lengths()[list(indices)][:, None]
-    start = 1 if all_positions else examples.score_start[list(indices)][:, None]
+    lengths = examples.sizes[list(indices)][:, None]
+    start = examples.score_start[list(indices)][:, None]
     return torch.from_numpy((pos < lengths) & (pos >= start))
 
 
 def batches_by_tokens(examples: Examples, max_tokens: int):
     """Consecutive index batches holding at most ~max_tokens tokens each."""
-    lengths = examples.lengths()
     batch, size = [], 0
-    for i, n in enumerate(lengths):
+    for i, n in enumerate(examples.sizes):
         if batch and size + n > max_tokens:
             yield batch
             batch, size = [], 0
