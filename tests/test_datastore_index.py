@@ -1,15 +1,23 @@
+"""Datastores and search: every scored position once, exact search equal to FAISS Flat,
+the per-datastore choice of exact or approximate search, exact re-ranking."""
+
+import json
+
 import faiss
 import numpy as np
 import pytest
 import torch
 
 from knnlm_limits import datastore, index, model
-from knnlm_limits.tokens import from_sequences
+from knnlm_limits.tokens import from_sequences, windows
+
+SETTINGS = {"exact_max_keys": 1000, "exact_index": "exact", "approximate_index": "IVF8,PQ4x4",
+            "index_train_sample": 2000, "nprobe": 16, "rerank": False}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    lm = model.build_gpt2(80, 2, 32, 2, 32, seed=1).eval()
+    lm = model.build_model(80, 2, 32, 2, 32, seed=1).eval()
     rng = np.random.default_rng(0)
     ex = from_sequences([rng.integers(0, 80, size=n) for n in (5, 12, 3, 9)])
     return lm, ex
@@ -31,19 +39,42 @@ def test_datastore_holds_every_position(tiny, tmp_path):
         np.testing.assert_allclose(keys[row : row + m], expected.numpy(), atol=2e-2, rtol=1e-2)
         assert values[row : row + m].tolist() == ex[i][1:].tolist()
         row += m
+    mem_keys, mem_values = datastore.in_memory(lm, ex, batch_tokens=10)
+    np.testing.assert_array_equal(mem_keys, keys)
+    np.testing.assert_array_equal(mem_values, values)
 
 
-def test_flat_index_equals_brute_force(tmp_path):
+def test_sliding_window_datastore_stores_each_position_once(tmp_path):
+    lm = model.build_model(50, 1, 16, 2, 16, seed=0).eval()
+    stream = np.random.default_rng(3).integers(0, 50, 101)
+    n = datastore.build(lm, windows(stream, 16, 4), tmp_path / "k.npy", tmp_path / "v.npy")
+    assert n == 100  # every token after the first, once
+    assert np.load(tmp_path / "v.npy").tolist() == stream[1:].tolist()
+
+
+def _brute_force(keys, queries, k):
+    exact = ((keys.astype(np.float32)[None] - queries[:, None]) ** 2).sum(-1)
+    return np.sort(exact, axis=1)[:, :k], np.argsort(exact, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("n_queries", [5, 64])  # FAISS switches to BLAS above 20 queries
+def test_exact_block_search_equals_flat(tmp_path, n_queries):
     rng = np.random.default_rng(1)
-    keys = rng.normal(size=(500, 16)).astype(np.float16)
-    built = index.build(keys, "Flat", chunk=64)
-    index.write(built, tmp_path / "i.faiss")
-    again = index.read(tmp_path / "i.faiss", nprobe=4)
-    q = rng.normal(size=(5, 16)).astype(np.float32)
-    d, ids = again.search(q, 10)
-    exact = ((keys.astype(np.float32)[None] - q[:, None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(ids, np.argsort(exact, axis=1)[:, :10])
-    np.testing.assert_allclose(d, np.sort(exact, axis=1)[:, :10], rtol=1e-4)
+    keys = rng.normal(size=(3000, 16)).astype(np.float16)
+    np.save(tmp_path / "k.npy", keys)
+    q = rng.normal(size=(n_queries, 16)).astype(np.float32)
+    flat = faiss.IndexFlatL2(16)
+    flat.add(keys.astype(np.float32))
+    d_flat, i_flat = flat.search(q, 50)
+    # blocks of 700 keys (16-d float32): the per-block results must merge to Flat's
+    d, i = index.exact_search(tmp_path / "k.npy", q, 50, block_bytes=700 * 16 * 4)
+    np.testing.assert_array_equal(i, i_flat)
+    np.testing.assert_allclose(d, d_flat, rtol=1e-5, atol=1e-5)
+    d_bf, i_bf = _brute_force(keys, q, 50)
+    np.testing.assert_array_equal(i, i_bf)
+    np.testing.assert_allclose(d, d_bf, rtol=1e-4, atol=1e-4)
+    # k above the datastore size is capped
+    assert index.exact_search(keys[:7], q, 50)[0].shape == (n_queries, 7)
 
 
 def test_sqfp16_from_the_keys_file_equals_flat(tmp_path):
@@ -63,11 +94,40 @@ def test_sqfp16_from_the_keys_file_equals_flat(tmp_path):
     np.testing.assert_allclose(d_sq, d_flat, rtol=1e-5)
 
 
-def test_ivf_pq_trains_on_a_sample():
+def test_each_datastore_gets_exact_or_approximate_by_its_size(tmp_path):
     rng = np.random.default_rng(2)
+    small, large = rng.normal(size=(800, 16)).astype(np.float16), rng.normal(size=(3000, 16)).astype(np.float16)
+    for name, keys, kind in (("small", small, "exact"), ("large", large, "IVF8,PQ4x4")):
+        np.save(tmp_path / f"{name}.npy", keys)
+        manifest = index.write(tmp_path / name, tmp_path / f"{name}.npy", SETTINGS)
+        assert manifest["kind"] == kind == json.loads((tmp_path / name / "index.json").read_text())["kind"]
+        assert (tmp_path / name / "index.faiss").exists() == (kind != "exact")
+        searcher = index.Searcher.open(tmp_path / name, tmp_path / f"{name}.npy", SETTINGS)
+        d, i = searcher.search(keys[:20].astype(np.float32), 5)
+        assert (i[:, 0] == np.arange(20)).mean() > (0.99 if kind == "exact" else 0.5)  # PQ is approximate
+        assert index.Searcher.in_memory(keys, SETTINGS).kind == kind
+
+
+def test_rerank_gives_exact_distances_of_the_retrieved_ids(tmp_path):
+    rng = np.random.default_rng(4)
     keys = rng.normal(size=(3000, 16)).astype(np.float16)
-    built = index.build(keys, "IVF16,PQ4", train_sample=1000)
-    assert built.is_trained and built.ntotal == 3000
-    faiss.extract_index_ivf(built).nprobe = 16
-    _, ids = built.search(keys[:20].astype(np.float32), 5)
-    assert (ids[:, 0] == np.arange(20)).mean() > 0.5  # PQ is approximate
+    np.save(tmp_path / "k.npy", keys)
+    index.write(tmp_path / "ivf", tmp_path / "k.npy", SETTINGS)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    plain = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", SETTINGS)
+    reranked = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", {**SETTINGS, "rerank": True})
+    d0, i0 = plain.search(q, 10)
+    d1, i1 = reranked.search(q, 10)
+    assert (np.sort(i0, axis=1) == np.sort(i1, axis=1)).all()  # the same neighbours...
+    exact = ((keys.astype(np.float32)[i1] - q[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d1, exact, rtol=1e-5, atol=1e-5)  # ...at their exact distances,
+    assert (np.diff(d1, axis=1) >= 0).all()  # sorted
+    assert not np.allclose(d0, d1)  # which PQ only approximates
+
+
+def test_bad_factory_is_an_error_naming_the_key():
+    with pytest.raises(index.IndexConfigError, match=r"'knn\.approximate_index'.*'IVFx,PQ8'"):
+        index.check_factory("IVFx,PQ8", 64, "knn.approximate_index")
+    with pytest.raises(index.IndexConfigError, match=r"multiple of the number of subquantizers"):
+        index.check_factory("IVF16,PQ64", 32, "knn.approximate_index")
+    index.check_factory("IVF16,PQ8", 64, "knn.approximate_index")

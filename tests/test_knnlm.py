@@ -20,7 +20,7 @@ def setup():
     lm_logp = torch.log_softmax(torch.from_numpy(rng.normal(size=(Q, V))), -1).numpy()
     index = faiss.IndexFlatL2(D)
     index.add(keys)
-    dists, ids = knnlm.search(index, queries, K)
+    dists, ids = index.search(queries, K)
     return keys, values, queries, targets, lm_logp, dists, knnlm.neighbour_values(values, ids)
 
 
@@ -50,30 +50,28 @@ def test_matches_brute_force(setup, T, lam):
     finite = np.isfinite(expected)
     assert (np.isfinite(got) == finite).all()
     np.testing.assert_allclose(got[finite], expected[finite], atol=1e-5, rtol=1e-5)
-    full = knnlm.knn_log_dist(dists, nvalues, T, V).double().exp().numpy()
-    np.testing.assert_allclose(full, p_knn, atol=1e-5)
+    np.testing.assert_allclose(knnlm.knn_distribution(dists, nvalues, T, V), p_knn, atol=1e-5)
 
 
 def test_lambda_zero_is_lm_and_one_is_knn(setup):
     _, _, _, targets, lm_logp, dists, nvalues = setup
-    lm = torch.from_numpy(lm_logp)
-    knn = knnlm.knn_log_dist(dists, nvalues, 1.0, V).double()
-    torch.testing.assert_close(knnlm.interpolate(lm, knn, 0.0), lm)
-    torch.testing.assert_close(knnlm.interpolate(lm, knn, 1.0), knn)
-    np.testing.assert_allclose(
-        knnlm.knn_target_logprob(dists, nvalues, targets, 1.0), knn.numpy()[np.arange(Q), targets], atol=1e-6
-    )
+    with np.errstate(divide="ignore"):
+        knn = np.log(knnlm.knn_distribution(dists, nvalues, 1.0, V))
+    np.testing.assert_allclose(knnlm.interpolate(lm_logp, knn, 0.0), lm_logp)
+    np.testing.assert_allclose(knnlm.interpolate(lm_logp, knn, 1.0), knn)
+    torch.testing.assert_close(knnlm.interpolate(torch.from_numpy(lm_logp), torch.from_numpy(knn), 0.3),
+                               torch.from_numpy(knnlm.interpolate(lm_logp, knn, 0.3)))
+    np.testing.assert_allclose(knnlm.knn_target_logprob(dists, nvalues, targets, 1.0), knn[np.arange(Q), targets], atol=1e-6)
 
 
-def test_search_caps_k_and_marks_missing_neighbours():
-    index = faiss.IndexFlatL2(2)
-    index.add(np.eye(2, dtype=np.float32))
-    dists, ids = knnlm.search(index, np.zeros((1, 2), np.float32), k=10)
-    assert dists.shape == (1, 2)
+def test_missing_neighbours_carry_no_weight():
     nv = knnlm.neighbour_values(np.array([4, 5]), np.array([[1, -1]]))
     assert nv.tolist() == [[5, -1]]
-    # a missing neighbour carries no weight
     assert knnlm.knn_target_logprob(np.array([[0.0, 0.0]]), nv, np.array([5]), 1.0)[0] == pytest.approx(0.0)
+    # a row with no neighbour at all carries no kNN evidence: the kNN-LM is (1 - lambda) p_lm
+    none = {"dists": np.zeros((1, 2)), "nbr_values": np.full((1, 2), -1), "targets": np.array([3]),
+            "lm_logprob": np.log([0.5])}
+    assert knnlm.knnlm_logprob(none, 0.25, 1.0)[0] == pytest.approx(np.log(0.75 * 0.5))
 
 
 def test_perplexity_by_hand():

@@ -1,8 +1,10 @@
-"""Datastore stage: (key, value) for every position of a token stream.
+"""Datastore stage: (key, value) for every scored position of a set of examples.
 
 key = the SPEC kNN key of the context (``model.knn_key``), value = the next
-token. Keys go to a float16 ``.npy`` memory map and values to an int32 ``.npy``,
-batch by batch: the whole key matrix is never held in RAM.
+token. For a corpus, the examples are sliding windows, so each position is
+stored once. Keys go to a float16 ``.npy`` memory map and values to an int32
+``.npy``, batch by batch: the whole key matrix is never held in RAM. Small
+datastores (Macondo's) are built in memory by the job that searches them.
 """
 
 from __future__ import annotations
@@ -18,31 +20,42 @@ from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 
 @torch.no_grad()
-def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_input",
-          batch_tokens: int = 8192, log=None) -> int:
-    """Write the datastore of `examples`; returns its number of entries."""
+def _batches(model, examples: Examples, key: str, batch_tokens: int, log=None):
+    """(float16 keys, int32 values) of each batch of examples, in order."""
     model.eval()
     device = device_of(model)
     check_context(model, examples, "datastore examples")
-    n = int((examples.lengths() - 1).sum())
-    dim = model.config.n_embd
+    for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="datastore"):
+        ids, _ = pad_batch(examples, idx)
+        mask = scored_mask(examples, idx, ids.size(1))
+        keys = keys_only(model, ids.to(device), key)[:, :-1].float().cpu()[mask]
+        yield keys.to(torch.float16).numpy(), ids[:, 1:][mask].numpy().astype(np.int32)
+
+
+def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_input",
+          batch_tokens: int = 8192, log=None) -> int:
+    """Write the datastore of `examples` to .npy files; returns its number of entries."""
+    n = examples.n_scored()
+    dim = model.config.hidden_size
     with io.atomic_path(keys_path) as keys_tmp, io.atomic_path(values_path) as values_tmp:
         keys = open_memmap(keys_tmp, mode="w+", dtype=np.float16, shape=(n, dim))
         values = open_memmap(values_tmp, mode="w+", dtype=np.int32, shape=(n,))
         row = 0
-        for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="datastore"):
-            ids, _ = pad_batch(examples, idx)
-            mask = scored_mask(examples, idx, ids.size(1), all_positions=True)
-            batch_keys = keys_only(model, ids.to(device), key)[:, :-1].cpu()[mask]
-            m = batch_keys.size(0)
-            keys[row : row + m] = batch_keys.to(torch.float16).numpy()
-            values[row : row + m] = ids[:, 1:][mask].numpy()
-            row += m
+        for batch_keys, batch_values in _batches(model, examples, key, batch_tokens, log):
+            keys[row : row + len(batch_keys)] = batch_keys
+            values[row : row + len(batch_values)] = batch_values
+            row += len(batch_keys)
         assert row == n, (row, n)
         keys.flush()
         values.flush()
         del keys, values
     return n
+
+
+def in_memory(model, examples: Examples, key: str = "mlp_input", batch_tokens: int = 8192):
+    """(float16 keys, int32 values) of a small datastore, as arrays."""
+    parts = list(_batches(model, examples, key, batch_tokens))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def load(keys_path, values_path):

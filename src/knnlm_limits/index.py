@@ -1,14 +1,24 @@
-"""Index stage: a FAISS index over the datastore keys, chosen by factory string.
+"""Index stage: how a datastore's keys are searched, chosen per datastore.
 
-``SQfp16`` by default: the keys are stored as float16 already, so a float16
-scalar quantizer loses nothing and the search is exact, like ``Flat``, at half
-Flat's memory. ``Flat`` stores float32 copies; ``IVF4096,PQ32`` and the like
-suit large stores and are trained on a random sample of keys. Keys are read from
-the .npy file in chunks with plain reads (not a memory map, whose pages would
-stay resident), so building holds little more than the index itself.
+A datastore of at most ``exact_max_keys`` keys is searched exactly, one with
+more by the approximate FAISS factory (``IVF4096,PQ64`` and the like, trained on
+a random sample of keys). Exact search is ``exact`` by default: no index at
+all, the float16 key file read in blocks, each block widened to float32 and
+searched with BLAS (FAISS's flat kernel), the per-block top-k merged; the
+block size bounds memory. ``Flat`` and ``SQfp16`` (both exact over float16
+keys) remain available as FAISS indexes.
+
+Approximate neighbours can be re-ranked by their exact distance recomputed
+from the stored float16 keys, as the original kNN-LM does.
+
+The index stage writes a folder holding ``index.json`` (what was chosen and
+why) and, for a FAISS index, ``index.faiss``.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -16,9 +26,18 @@ from tqdm import tqdm
 
 from . import io
 
+EXACT = "exact"
+EXACT_KINDS = (EXACT, "Flat", "SQfp16")
+BLOCK_BYTES = 256 * 2**20  # float32 bytes of one key block in exact search
+
+
+class IndexConfigError(ValueError):
+    """A FAISS factory string in the config cannot be built; the message names the key."""
+
 
 class NpyRows:
-    """Row ranges of a 2-D .npy file read with plain file reads."""
+    """Row ranges of a 2-D .npy file read with plain file reads (no memory map,
+    whose pages would stay resident)."""
 
     def __init__(self, path):
         self.path = path
@@ -29,6 +48,9 @@ class NpyRows:
             self.offset = fh.tell()
         if fortran or len(self.shape) != 2:
             raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {self.shape}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
         n, dim = self.shape
@@ -45,6 +67,30 @@ class NpyRows:
             return out
 
 
+def _rows(keys):
+    """A .npy path as NpyRows; an array as itself."""
+    return NpyRows(keys) if isinstance(keys, (str, bytes)) or hasattr(keys, "__fspath__") else keys
+
+
+def choose(n_keys: int, settings: dict) -> str:
+    """The index kind of a datastore of `n_keys` keys: exact below the threshold."""
+    return settings["exact_index"] if n_keys <= settings["exact_max_keys"] else settings["approximate_index"]
+
+
+def check_factory(factory: str, dim: int, key: str) -> None:
+    """Fail now, naming the config key, if FAISS cannot build `factory` for `dim`-d keys."""
+    if factory == EXACT:
+        return
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1]
+        raise IndexConfigError(f"config key {key!r}: FAISS cannot build {factory!r} for {dim}-d keys: {first}") from None
+
+
+# ---------------------------------------------------------------- building
+
+
 def _reserve_codes(index, n: int) -> None:
     """Give a flat-codes index (Flat, SQ, PQ) its final code buffer up front.
 
@@ -59,8 +105,8 @@ def _reserve_codes(index, n: int) -> None:
 
 def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
           chunk: int = 16_384, log=None) -> faiss.Index:
-    """Index `keys`: a .npy path (read in chunks) or an array."""
-    keys = NpyRows(keys) if isinstance(keys, (str, bytes)) or hasattr(keys, "__fspath__") else keys
+    """A FAISS index of `keys` (a .npy path, read in chunks, or an array)."""
+    keys = _rows(keys)
     n, dim = keys.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
     if not index.is_trained:
@@ -72,16 +118,94 @@ def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
     return index
 
 
-def write(index: faiss.Index, path) -> None:
-    with io.atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+def write(index_dir, key_file, settings: dict, log=None) -> dict:
+    """The index stage: choose exact or approximate for this datastore, build, write."""
+    keys = NpyRows(key_file)
+    kind = choose(len(keys), settings)
+    manifest = {"kind": kind, "keys": len(keys), "dim": int(keys.shape[1]),
+                "exact_max_keys": settings["exact_max_keys"]}
+    with io.atomic_path(index_dir) as tmp:
+        tmp.mkdir()
+        if kind != EXACT:
+            built = build(key_file, kind, settings["index_train_sample"], log=log)
+            faiss.write_index(built, str(tmp / "index.faiss"))
+        (tmp / "index.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
-def read(path, nprobe: int | None = None) -> faiss.Index:
-    index = faiss.read_index(str(path))
-    if nprobe is not None:
-        try:
-            faiss.extract_index_ivf(index).nprobe = nprobe
-        except RuntimeError:
-            pass  # not an IVF index: nothing to probe
-    return index
+# ---------------------------------------------------------------- searching
+
+
+def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYTES):
+    """Exact k nearest keys by squared L2: (dists, ids), each (N, min(k, n_keys)).
+
+    `keys` is a .npy path or an array (float16 or float32); it is read one
+    block at a time, widened to float32 and searched with FAISS's BLAS kernel.
+    """
+    keys = _rows(keys)
+    n, dim = keys.shape
+    k = min(k, n)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    block = max(k, block_bytes // (4 * dim))
+    heap = faiss.ResultHeap(len(queries), k)
+    for start in range(0, n, block):
+        xb = np.ascontiguousarray(keys[start : start + block], dtype=np.float32)
+        dists, ids = faiss.knn(queries, xb, min(k, len(xb)))
+        heap.add_result(dists, ids + start)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray, chunk: int = 64):
+    """Exact squared L2 of each retrieved id from the stored keys, rows re-sorted by it."""
+    keys = np.load(keys, mmap_mode="r") if isinstance(keys, (str, Path)) else keys
+    exact = np.empty_like(dists)
+    for start in range(0, len(queries), chunk):
+        sel = ids[start : start + chunk]
+        vecs = np.asarray(keys[np.where(sel >= 0, sel, 0)], dtype=np.float32)
+        diff = vecs - queries[start : start + chunk, None, :]
+        exact[start : start + chunk] = np.where(sel >= 0, np.einsum("qkd,qkd->qk", diff, diff), np.inf)
+    order = np.argsort(exact, axis=1, kind="stable")
+    return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
+
+
+class Searcher:
+    """Search a datastore as its index stage decided: exact blocks or a FAISS index."""
+
+    def __init__(self, key_file, kind: str, index=None, nprobe: int | None = None, rerank_exact: bool = False):
+        self.key_file, self.kind, self.index, self.rerank_exact = key_file, kind, index, rerank_exact
+        if index is not None and nprobe is not None:
+            try:
+                faiss.extract_index_ivf(index).nprobe = nprobe
+            except RuntimeError:
+                pass  # not an IVF index: nothing to probe
+
+    @classmethod
+    def open(cls, index_dir, key_file, settings: dict) -> "Searcher":
+        manifest = json.loads((Path(index_dir) / "index.json").read_text())
+        index = None if manifest["kind"] == EXACT else faiss.read_index(str(Path(index_dir) / "index.faiss"))
+        return cls(key_file, manifest["kind"], index, settings["nprobe"], settings["rerank"])
+
+    @classmethod
+    def in_memory(cls, keys: np.ndarray, settings: dict, log=None) -> "Searcher":
+        """For small datastores built inside one job (Macondo): same choice, no files."""
+        kind = choose(len(keys), settings)
+        index = None if kind == EXACT else build(keys, kind, settings["index_train_sample"], log=log)
+        return cls(keys, kind, index, settings["nprobe"], settings["rerank"])
+
+    def search(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
+        """(dists, ids), each (N, k'), k' = min(k, datastore size); id -1 = no neighbour."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        parts = []
+        for start in tqdm(range(0, len(queries), batch), file=log, mininterval=5, desc=f"search ({self.kind})"):
+            q = queries[start : start + batch]
+            if self.index is None:
+                dists, ids = exact_search(self.key_file, q, k)
+            else:
+                dists, ids = self.index.search(q, min(k, self.index.ntotal))
+                if self.rerank_exact and self.kind not in EXACT_KINDS:
+                    dists, ids = rerank(self.key_file, q, dists, ids)
+            parts.append((dists, ids))
+        if not parts:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
