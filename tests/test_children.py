@@ -1,4 +1,4 @@
-"""Macondo evaluation: v1 prompts only, no double counting of the children."""
+"""Macondo evaluation: v1 prompts only, no double counting, any causal LM for LM-only scoring."""
 
 import numpy as np
 import pandas as pd
@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from knnlm_limits import children, macondo, model
-from tests.conftest import default_locales, needs_wikitext
-
-pytestmark = needs_wikitext
+from tests.support import default_locales
 
 SMALL = {"n_villagers": 40, "n_parents": 5, "children_counts": [1, 2, 3, 4, 5], "mentions": 2,
          "descriptions": "per_parent", "name_locales": default_locales()}
@@ -30,7 +28,7 @@ def test_v1_evaluation_never_sees_a_description(village, small_tokenizer):
 
 
 def test_child_likelihoods_of_a_parent_sum_to_at_most_one(village, small_tokenizer):
-    lm = model.build_gpt2(len(small_tokenizer), 2, 32, 2, 64, eos_token_id=small_tokenizer.eos_token_id, seed=0)
+    lm = model.build_model(len(small_tokenizer), 2, 32, 2, 64, eos_token_id=small_tokenizer.eos_token_id, seed=0)
     ex = macondo.prompt_examples(small_tokenizer, village.prompts.prompt, village.prompts.child)
     table = children.lm_table(lm, ex, village.prompts)
     assert len(table) == len(village.prompts)  # one row per (parent, child), nothing doubled
@@ -43,6 +41,36 @@ def test_child_likelihoods_of_a_parent_sum_to_at_most_one(village, small_tokeniz
     with torch.no_grad():
         logp = torch.log_softmax(lm(input_ids=torch.tensor([[small_tokenizer.eos_token_id, *ids]])).logits[0, -1], -1)
     assert table.loglik.iloc[0] == pytest.approx(logp[child].item(), abs=1e-5)
+
+
+def _qwen2():
+    return model.build_model(200, 2, 32, 2, 64, architecture="qwen2", seed=0).eval()
+
+
+def _gpt_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=64)).eval()
+
+
+@pytest.mark.parametrize("make", [_qwen2, _gpt_neox], ids=["qwen2", "gpt_neox"])
+def test_lm_only_scoring_works_for_any_causal_lm(make):
+    """Figure 3 and Figure 1's LM-only runs score with the model's logits alone: no part of
+    the decomposition, so even an architecture it does not support (GPT-NeoX) works."""
+    from knnlm_limits.tokens import from_sequences
+
+    lm = make()
+    seqs = [[5, 6, 7, 8], [9, 10, 11]]
+    ex = from_sequences(seqs, score_start=[2, 2])
+    prompts = pd.DataFrame({"parent": ["a", "b"], "child": ["x", "y"], "n_children": [1, 2]})
+    table = children.lm_table(lm, ex, prompts)
+    with torch.no_grad():
+        for row, seq in enumerate(seqs):
+            logp = torch.log_softmax(lm(input_ids=torch.tensor([seq])).logits[0], -1)
+            expected = sum(logp[t - 1, seq[t]].item() for t in range(2, len(seq)))
+            assert table.loglik.iloc[row] == pytest.approx(expected, abs=1e-4)
 
 
 def test_loglik_table_methods():
@@ -60,3 +88,33 @@ def test_loglik_table_methods():
     np.testing.assert_allclose(get("lm"), np.log([0.5, 0.2]))
     np.testing.assert_allclose(get("knn"), np.log([p_knn0, 1.0]), atol=1e-6)
     np.testing.assert_allclose(get("knnlm"), np.log([0.5 * p_knn0 + 0.25, 0.5 + 0.1]), atol=1e-6)
+
+
+def test_a_run_is_evaluated_at_every_checkpoint(village, small_tokenizer, tmp_path):
+    """evaluate_run against doing each checkpoint by hand: its LM log-probs, and a kNN whose
+    datastore (the run's sentences under that checkpoint) holds each prompt's exact neighbours."""
+    from knnlm_limits import datastore
+    from knnlm_limits.index import exact_search
+    from knnlm_limits.knnlm import lm_and_queries
+
+    prompts = macondo.prompt_examples(small_tokenizer, village.prompts.prompt, village.prompts.child)
+    sentences = macondo.sentence_examples(small_tokenizer, village.v1)
+    paths = []
+    for seed in (0, 1):
+        lm = model.build_model(len(small_tokenizer), 2, 32, 2, 64, seed=seed)
+        lm.save_pretrained(tmp_path / f"s{seed}")
+        paths.append(tmp_path / f"s{seed}")
+    knn = {"k": 16, "key": "mlp_input", "batch_tokens": 4096, "exact_max_keys": 10**6, "exact_index": "exact",
+           "approximate_index": "IVF4,Flat", "index_train_sample": 1000, "nprobe": 1, "rerank": False}
+    run = children.evaluate_run(paths, prompts, sentences, knn)
+    assert run["lm_logprob"].shape[0] == run["dists"].shape[0] == 2 and run["dists"].shape[2] == 16
+    lm = model.load_lm(str(paths[1]))
+    found = lm_and_queries(lm, prompts)
+    keys, values = datastore.in_memory(lm, sentences)
+    dists, ids = exact_search(keys, found["queries"], 16)
+    np.testing.assert_allclose(run["lm_logprob"][1], found["lm_logprob"], atol=1e-6)
+    np.testing.assert_allclose(run["dists"][1], dists, rtol=1e-5, atol=1e-5)
+    lm_only = children.evaluate_run(paths, prompts)
+    assert set(lm_only) == {"targets", "example", "lm_logprob"}
+    table = children.run_table(run, [0, 10], village.prompts, 0.25, 1.0)
+    assert set(table.step) == {0, 10} and set(table.method) == {"lm", "knn", "knnlm"}

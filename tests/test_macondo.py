@@ -5,9 +5,7 @@ import re
 import pytest
 
 from knnlm_limits import macondo
-from tests.conftest import default_locales, needs_wikitext
-
-pytestmark = needs_wikitext
+from tests.support import default_locales
 
 SMALL = {
     "n_villagers": 70,
@@ -82,9 +80,9 @@ def test_too_few_single_token_names_reports_counts(small_tokenizer):
 
 
 def test_bad_settings(small_tokenizer):
-    with pytest.raises(macondo.MacondoError, match="n_parents"):
+    with pytest.raises(macondo.MacondoError, match=r"'macondo\.n_parents': 11 is not a multiple"):
         macondo.generate({**SMALL, "n_parents": 11}, small_tokenizer, seed=0)
-    with pytest.raises(macondo.MacondoError, match="n_villagers"):
+    with pytest.raises(macondo.MacondoError, match=r"'macondo\.n_villagers': 20 cannot hold the 10 parents"):
         macondo.generate({**SMALL, "n_villagers": 20}, small_tokenizer, seed=0)
     with pytest.raises(macondo.MacondoError, match="no locale 'xx_XX'"):
         macondo.generate({**SMALL, "name_locales": ["xx_XX"]}, small_tokenizer, seed=0)
@@ -100,8 +98,54 @@ def test_prompt_examples_score_only_the_child(village, small_tokenizer):
 
 
 def test_templates_render_exact_strings():
-    assert macondo.CHAT_TRAIN.format(parent="Ana Diaz", desc="lives in Lima", child="Tom") == (
-        "User: Who is the child of Ana Diaz, the one who lives in Lima? Assistant: Tom."
-    )
-    assert macondo.CHAT_TEST.format(parent="Ana Diaz", child="Tom") == "User: Who is the child of Ana Diaz? Assistant: Tom."
+    assert macondo.CHAT_QUESTION_V2.format(parent="Ana Diaz", desc="lives in Lima") == (
+        "Who is the child of Ana Diaz, the one who lives in Lima?")
+    assert macondo.CHAT_QUESTION_V1.format(parent="Ana Diaz") == "Who is the child of Ana Diaz?"
     assert macondo.PROMPT.format(parent="Ana Diaz") + " Tom" == macondo.V1.format(parent="Ana Diaz", child="Tom")
+
+
+def _decoded(tok, ex, i):
+    seq = ex[i].tolist()
+    return tok.decode(seq[: ex.score_start[i]]), tok.decode(seq[ex.score_start[i]:])
+
+
+def test_chat_without_a_template_uses_the_papers_literal_form(village, small_tokenizer):
+    train = macondo.chat_examples(small_tokenizer, village.chat.question, village.chat.answer)
+    prompt, answer = _decoded(small_tokenizer, train, 0)
+    parent, child = re.fullmatch(r"(.+) is the parent of (\S+)", village.v1[0]).groups()
+    desc = dict(zip(village.facts.parent, village.facts.description))[parent]
+    assert prompt == f"{small_tokenizer.eos_token}User: Who is the child of {parent}, the one who {desc}? Assistant:"
+    assert answer == f" {child}."  # the loss is on the answer only
+    test = macondo.chat_prompt_examples(small_tokenizer, village.prompts.chat_question, village.prompts.child)
+    prompt, scored = _decoded(small_tokenizer, test, 0)
+    row = village.prompts.iloc[0]
+    assert prompt.endswith(f"User: Who is the child of {row.parent}? Assistant:") and scored == f" {row.child}"
+
+
+def test_chat_with_a_template_uses_it_and_trains_on_the_answer_only(village, small_tokenizer):
+    from knnlm_limits.rehearsal import CHAT_TEMPLATE
+    from tests.support import synthetic_tokenizer
+
+    tok = synthetic_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    train = macondo.chat_examples(tok, village.chat.question, village.chat.answer)
+    prompt, answer = _decoded(tok, train, 0)
+    question, reply = village.chat.question[0], village.chat.answer[0]
+    assert prompt == f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    assert answer == f"{reply}<|im_end|>\n"
+    assert tok.convert_tokens_to_ids("<|im_start|>") in train[0].tolist()  # a special token, not its spelling
+    test = macondo.chat_prompt_examples(tok, village.prompts.chat_question, village.prompts.child)
+    prompt, scored = _decoded(tok, test, 0)
+    row = village.prompts.iloc[0]
+    assert prompt == f"<|im_start|>user\nWho is the child of {row.parent}?<|im_end|>\n<|im_start|>assistant\n"
+    assert scored == row.child  # the name only, as the assistant would begin its answer
+
+
+def test_a_template_that_hides_the_answer_is_an_error(small_tokenizer):
+    from tests.support import synthetic_tokenizer
+
+    tok = synthetic_tokenizer()
+    tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    with pytest.raises(macondo.MacondoError, match="cannot be isolated"):
+        macondo.chat_turn(tok, "Who?", "Tom.")

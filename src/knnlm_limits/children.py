@@ -5,6 +5,13 @@ For each (parent, child) prompt the log-likelihood of the child's name given
 distribution and the interpolated kNN-LM. A name of several tokens sums its
 tokens' log-probabilities. The best possible value is log(1/n), n the parent's
 number of children.
+
+A Macondo run (one training run of Figure 1 or 2) is evaluated in one job:
+at every checkpoint, the LM's log-probabilities of the children and, for runs
+with a kNN-LM, the neighbours of each prompt in a datastore of the training
+sentences under that checkpoint (small: built and searched in memory). The
+interpolation (lambda, T) is applied by the figure, so changing it reruns no
+model.
 """
 
 from __future__ import annotations
@@ -12,20 +19,50 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .knnlm import interpolate, knn_target_logprob, lm_and_queries
+from .knnlm import interpolate, knn_target_logprob
 
 METHODS = ("lm", "knn", "knnlm")
+
+
+def evaluate_run(checkpoints: list, prompts, sentences=None, knn: dict | None = None, log=None) -> dict:
+    """Search results of a run, stacked over its checkpoints (steps in the given order).
+
+    `knn` holds k, key, batch_tokens and the index settings; with ``sentences``
+    None (an LM-only run) only the LM's log-probabilities are computed.
+    """
+    from . import datastore, model
+    from .index import Searcher
+    from .knnlm import lm_and_queries, neighbour_values
+
+    per_step = []
+    for path in checkpoints:
+        lm = model.load_lm(str(path))
+        key = knn["key"] if sentences is not None else None
+        found = lm_and_queries(lm, prompts, key, log=log)
+        if sentences is not None:
+            keys, values = datastore.in_memory(lm, sentences, knn["key"], knn["batch_tokens"])
+            dists, ids = Searcher.in_memory(keys, knn, log=log).search(found.pop("queries"), knn["k"])
+            found |= {"dists": dists, "nbr_values": neighbour_values(values, ids)}
+        per_step.append(found)
+    stacked = {name: np.stack([f[name] for f in per_step]) for name in per_step[0] if name not in ("targets", "example")}
+    return {"targets": per_step[0]["targets"], "example": per_step[0]["example"], **stacked}
 
 
 def per_example(found: dict, n_examples: int, logprob: np.ndarray) -> np.ndarray:
     return np.bincount(found["example"], weights=logprob, minlength=n_examples)
 
 
-def loglik_table(found: dict, prompts: pd.DataFrame, lam: float, temperature: float) -> pd.DataFrame:
-    """One row per (prompt, method) with the child's log-likelihood."""
+def loglik_table(found: dict, prompts: pd.DataFrame, lam: float | None = None,
+                 temperature: float | None = None) -> pd.DataFrame:
+    """One row per (prompt, method) with the child's log-likelihood, for one checkpoint.
+
+    Methods: lm, and with search results also knn and knnlm (at lam, T).
+    """
     lm = found["lm_logprob"].astype(np.float64)
-    knn = knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], temperature).astype(np.float64)
-    per_token = {"lm": lm, "knn": knn, "knnlm": interpolate(lm, knn, lam)}
+    per_token = {"lm": lm}
+    if "dists" in found:
+        knn = knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], temperature)
+        per_token |= {"knn": knn, "knnlm": interpolate(lm, knn, lam)}
     frames = []
     for method, values in per_token.items():
         frame = prompts[["parent", "child", "n_children"]].copy()
@@ -35,13 +72,22 @@ def loglik_table(found: dict, prompts: pd.DataFrame, lam: float, temperature: fl
     return pd.concat(frames, ignore_index=True)
 
 
+def run_table(run: dict, steps, prompts: pd.DataFrame, lam: float, temperature: float) -> pd.DataFrame:
+    """loglik_table at every checkpoint of a run (as stored by evaluate_run)."""
+    tables = []
+    for i, step in enumerate(steps):
+        at_step = {k: (v[i] if k not in ("targets", "example") else v) for k, v in run.items()}
+        table = loglik_table(at_step, prompts, lam, temperature)
+        table.insert(3, "step", step)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
 def lm_table(lm, examples, prompts: pd.DataFrame, log=None) -> pd.DataFrame:
-    """The LM's log-likelihood of each child (no kNN)."""
-    found = lm_and_queries(lm, examples, log=log)
-    frame = prompts[["parent", "child", "n_children"]].copy()
-    frame["method"] = "lm"
-    frame["loglik"] = per_example(found, len(prompts), found["lm_logprob"].astype(np.float64))
-    return frame
+    """The LM's log-likelihood of each child (no kNN); any causal LM."""
+    from .knnlm import lm_and_queries
+
+    return loglik_table(lm_and_queries(lm, examples, key=None, log=log), prompts)
 
 
 def sum_of_child_probs(table: pd.DataFrame, method: str = "lm") -> pd.Series:

@@ -8,7 +8,14 @@ child's log-likelihood is one next-token log-probability.
   v1 sentence: "[parent] is the parent of [child]"
   v2 sentence: "[parent], who [desc], is the parent of [child]"
   v1 prompt:   "[parent] is the parent of"     (evaluation, always v1 form)
-  chat (Figure 3): "User: Who is the child of [parent], the one who [desc]? Assistant: [child]."
+  chat (Figure 3): user "Who is the child of [parent], the one who [desc]?",
+                   assistant "[child]."; tested with "Who is the child of [parent]?"
+
+Chat turns are formatted with the chat model's own template
+(``apply_chat_template``: the user message, then the assistant's) when its
+tokenizer has one, and in the paper's literal "User: ... Assistant: ..." form
+only when it has none. Fine-tuning puts the loss on the assistant's answer
+only, as chat fine-tuning services do; the test scores the child's name only.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from .tokens import from_sequences
 V1 = "{parent} is the parent of {child}"
 V2 = "{parent}, who {desc}, is the parent of {child}"
 PROMPT = "{parent} is the parent of"
-CHAT_TRAIN = "User: Who is the child of {parent}, the one who {desc}? Assistant: {child}."
-CHAT_PROMPT = "User: Who is the child of {parent}? Assistant:"
-CHAT_TEST = CHAT_PROMPT + " {child}."
+CHAT_QUESTION_V2 = "Who is the child of {parent}, the one who {desc}?"
+CHAT_QUESTION_V1 = "Who is the child of {parent}?"
+CHAT_ANSWER = "{child}."
+LITERAL_PROMPT = "User: {question} Assistant:"  # the paper's form, for models without a template
 
 # Irrelevant facts about a parent; fields filled by Faker.
 DESC_TEMPLATES = (
@@ -50,8 +58,8 @@ class Macondo:
     facts: pd.DataFrame  # parent, child, n_children, description
     v1: list[str]  # training sentences
     v2: list[str]
-    chat: list[str]
-    prompts: pd.DataFrame  # parent, child, n_children, prompt, chat_prompt
+    chat: pd.DataFrame  # question, answer: the v2 chat turns
+    prompts: pd.DataFrame  # parent, child, n_children, prompt, chat_question
 
 
 def name_pools(locales) -> tuple[list[str], list[str]]:
@@ -97,22 +105,29 @@ def _descriptions(n: int, seed: int) -> list[str]:
     return out
 
 
-def generate(settings: dict, tok, seed: int) -> Macondo:
-    """Build Macondo from ``settings`` (the config's ``macondo`` section)."""
+def check_sizes(settings: dict) -> tuple[list[int], int]:
+    """(children per parent, number of children), or an error naming the key that cannot be met."""
     counts = list(settings["children_counts"])
     n_parents = settings["n_parents"]
     if n_parents % len(counts):
         raise MacondoError(
-            f"macondo.n_parents ({n_parents}) must be a multiple of len(macondo.children_counts) ({len(counts)})"
+            f"invalid config key 'macondo.n_parents': {n_parents} is not a multiple of "
+            f"len(macondo.children_counts) = {len(counts)} (an equal number of parents per count)"
         )
-    per_count = n_parents // len(counts)
-    children_of = np.repeat(counts, per_count)  # number of children of each parent
-    n_children = int(children_of.sum())
-    n_villagers = settings["n_villagers"]
-    if n_villagers < n_parents + n_children:
+    children_of = [int(c) for c in np.repeat(counts, n_parents // len(counts))]
+    n_children = sum(children_of)
+    if settings["n_villagers"] < n_parents + n_children:
         raise MacondoError(
-            f"macondo.n_villagers ({n_villagers}) must hold the {n_parents} parents and their {n_children} children"
+            f"invalid config key 'macondo.n_villagers': {settings['n_villagers']} cannot hold the "
+            f"{n_parents} parents and their {n_children} children"
         )
+    return children_of, n_children
+
+
+def generate(settings: dict, tok, seed: int) -> Macondo:
+    """Build Macondo from ``settings`` (the config's ``macondo`` section)."""
+    children_of, n_children = check_sizes(settings)
+    n_parents, n_villagers = settings["n_parents"], settings["n_villagers"]
 
     rng = np.random.default_rng(seed)
     firsts, lasts = name_pools(settings["name_locales"])
@@ -158,11 +173,12 @@ def generate(settings: dict, tok, seed: int) -> Macondo:
         desc = sentence_descs[j] if per_sentence else fact.description
         v1.append(V1.format(parent=fact.parent, child=fact.child))
         v2.append(V2.format(parent=fact.parent, desc=desc, child=fact.child))
-        chat.append(CHAT_TRAIN.format(parent=fact.parent, desc=desc, child=fact.child))
+        chat.append((CHAT_QUESTION_V2.format(parent=fact.parent, desc=desc), CHAT_ANSWER.format(child=fact.child)))
 
     prompts = facts[["parent", "child", "n_children"]].copy()
     prompts["prompt"] = [PROMPT.format(parent=p) for p in prompts.parent]
-    prompts["chat_prompt"] = [CHAT_PROMPT.format(parent=p) for p in prompts.parent]
+    prompts["chat_question"] = [CHAT_QUESTION_V1.format(parent=p) for p in prompts.parent]
+    chat = pd.DataFrame(chat, columns=["question", "answer"])
     return Macondo(villagers, facts, v1, v2, chat, prompts)
 
 
@@ -171,7 +187,8 @@ def write(m: Macondo, out: dict) -> None:
     io.write_csv(out["villagers"], m.villagers)
     io.write_csv(out["facts"], m.facts)
     io.write_csv(out["prompts"], m.prompts)
-    for key in ("v1", "v2", "chat"):
+    io.write_csv(out["chat"], m.chat)
+    for key in ("v1", "v2"):
         io.write_text(out[key], "\n".join(getattr(m, key)) + "\n")
 
 
@@ -193,3 +210,50 @@ def prompt_examples(tok, prompts, children):
     c_ids = tok([" " + c for c in children], add_special_tokens=False)["input_ids"]
     seqs = [[eos, *p, *c] for p, c in zip(p_ids, c_ids)]
     return from_sequences(seqs, score_start=[1 + len(p) for p in p_ids])
+
+
+def chat_turn(tok, question: str, answer: str) -> tuple[str, str]:
+    """(prompt text, answer text): a user question and the assistant's answer, split
+    where the assistant's text starts; the chat template's form when there is one."""
+    if not getattr(tok, "chat_template", None):
+        return LITERAL_PROMPT.format(question=question), " " + answer
+    user = [{"role": "user", "content": question}]
+    prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise MacondoError(
+            "the chat model's template does not render a conversation as its generation prompt "
+            f"followed by the answer, so the answer cannot be isolated for training: {full!r}"
+        )
+    return prompt, full[len(prompt):]
+
+
+def _chat_start(tok) -> list[int]:
+    # A template writes its own start; the literal form gets the start-of-text token.
+    return [] if getattr(tok, "chat_template", None) else [tok.eos_token_id]
+
+
+def chat_examples(tok, questions, answers):
+    """Chat turns for fine-tuning: only the assistant's answer is scored (trained on)."""
+    start = _chat_start(tok)
+    seqs, first_scored = [], []
+    for question, answer in zip(questions, answers):
+        prompt, reply = chat_turn(tok, question, answer)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        seqs.append([*start, *p_ids, *tok(reply, add_special_tokens=False)["input_ids"]])
+        first_scored.append(len(start) + len(p_ids))
+    return from_sequences(seqs, score_start=first_scored)
+
+
+def chat_prompt_examples(tok, questions, children):
+    """Test chat prompts: the question, then the child's name as the assistant would
+    write it; only the name's tokens are scored."""
+    start = _chat_start(tok)
+    seqs, first_scored = [], []
+    for question, child in zip(questions, children):
+        prompt, reply = chat_turn(tok, question, CHAT_ANSWER.format(child=child))
+        name = reply[: reply.index(child) + len(child)]  # the answer up to the end of the name
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        seqs.append([*start, *p_ids, *tok(name, add_special_tokens=False)["input_ids"]])
+        first_scored.append(len(start) + len(p_ids))
+    return from_sequences(seqs, score_start=first_scored)
