@@ -54,24 +54,62 @@ def test_kl_directions_by_hand():
         projection.kl_rows(q, p, "sideways")
 
 
-def test_run_on_a_model_lines_up_with_search_results():
-    """projection.run on a tiny GPT-2: the LM column is the model's own log-prob."""
-    import faiss
+def test_lbfgs_reaches_the_convex_reverse_kl_optimum(head):
+    """KL[p || f(z)] is convex in z: L-BFGS drives its gradient W^T(f(z) - p) to zero, and
+    no long Adam run gets a lower KL."""
+    torch.manual_seed(5)
+    W = torch.randn(V, D)
+    target = torch.log_softmax(torch.randn(8, V) * 2, -1)  # generic: not reachable by f
+    z0 = torch.zeros(8, D)
+    z_star, trace = projection.project(lambda z: z @ W.T, z0, target, steps=200, lr=1.0, solver="lbfgs", direction="reverse")
+    assert projection.reverse_kl_gradient_norm(W, z_star, target).max().item() < 1e-3
+    assert projection.converged(trace, 1e-4)
+    _, adam_trace = projection.project(lambda z: z @ W.T, z0, target, steps=3000, lr=0.05, direction="reverse")
+    assert trace[-1] <= adam_trace[-1] + 1e-5
 
+
+def test_batched_lbfgs_reaches_each_rows_own_optimum():
+    """L-BFGS couples the rows through its line search and history, so its path differs from
+    a row alone; on the convex problem it ends at the same per-row optimum."""
+    torch.manual_seed(6)
+    W = torch.randn(V, D)
+    target = torch.log_softmax(torch.randn(5, V) * 2, -1)
+    head = lambda z: z @ W.T  # noqa: E731
+    batched, _ = projection.project(head, torch.zeros(5, D), target, steps=200, lr=1.0, solver="lbfgs", direction="reverse")
+    for i in range(5):
+        alone, _ = projection.project(head, torch.zeros(1, D), target[i : i + 1], steps=200, lr=1.0, solver="lbfgs",
+                                      direction="reverse")
+        torch.testing.assert_close(torch.softmax(head(batched[i : i + 1]), -1), torch.softmax(head(alone), -1),
+                                   atol=1e-4, rtol=0)
+
+
+def test_converged_reads_the_last_iterations():
+    assert projection.converged(np.r_[np.linspace(1, 0.5, 50), np.full(11, 0.5)], 1e-3)
+    assert not projection.converged(np.linspace(1, 0.5, 50), 1e-3)
+    assert not projection.converged(np.ones(5), 1e-3)  # too short to judge
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_run_on_a_model_lines_up_with_search_results(arch):
+    """projection.run on a tiny model: the LM column is the model's own log-prob, the kNN-LM
+    column the interpolation, and each projection reports its solver."""
     from knnlm_limits import knnlm, model
+    from knnlm_limits.index import Searcher
     from knnlm_limits.tokens import from_sequences
 
-    lm = model.build_gpt2(60, 2, 16, 2, 16, seed=0).eval()
+    lm = model.build_model(60, 2, 16, 2, 16, architecture=arch, seed=0).eval()
     rng = np.random.default_rng(0)
     ex = from_sequences(rng.integers(0, 60, size=(4, 10)))
-    index = faiss.IndexFlatL2(16)
-    found_keys = knnlm.lm_and_queries(lm, ex)["queries"]
-    index.add(found_keys)
+    keys = knnlm.lm_and_queries(lm, ex)["queries"]
     values = ex.tokens.reshape(4, 10)[:, 1:].reshape(-1)
-    found = knnlm.evaluate(lm, index, values, ex, k=8)
-    per_token, traces = projection.run(lm, ex, found, 0.25, 1.0,
-                                       dict(tokens=20, steps=5, lr=0.1, solver="adam", direction="paper", batch=8))
+    searcher = Searcher(keys.astype(np.float16), "exact")
+    found = knnlm.evaluate(lm, searcher, values, ex, k=8)
+    settings = dict(tokens=20, steps=12, lbfgs_steps=12, lr=0.1, solver="adam", direction="paper", batch=8,
+                    tolerance=1e-3)
+    per_token, traces, summary = projection.run(lm, ex, found, 0.25, 1.0, settings)
     assert len(per_token) == 20
     np.testing.assert_allclose(per_token.lm, found["lm_logprob"][:20], atol=1e-5)
     np.testing.assert_allclose(per_token.knnlm, knnlm.knnlm_logprob(found, 0.25, 1.0)[:20], atol=1e-5)
-    assert set(traces.target) == {"f", "f∘g"} and traces.iteration.max() == 5
+    assert set(traces.target) == {"f", "f∘g", "f, reverse KL (L-BFGS)"} and traces.iteration.max() == 12
+    assert list(summary.column) == ["proj_f", "proj_fg", "proj_f_reverse"]
+    assert summary.set_index("column").loc["proj_f_reverse", "solver"] == "lbfgs"

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .stats import t_interval  # noqa: E402
+
 LABELS = {
     ("full", "lm"): "LM",
     ("no_last_mlp", "lm"): "LM without last MLP",
@@ -18,14 +20,28 @@ LABELS = {
 
 
 def seed_summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean over children per seed, then mean and std over seeds."""
+    """Mean over children per seed, then over seeds: mean, std and the 95% t interval."""
     per_seed = table.groupby(by + ["seed"], as_index=False)["loglik"].mean()
-    out = per_seed.groupby(by, as_index=False)["loglik"].agg(mean="mean", std="std", n_seeds="count")
-    out["std"] = out["std"].fillna(0.0)
-    return out
+    rows = []
+    for key, group in per_seed.groupby(by):
+        mean, low, high = t_interval(group.loglik)
+        rows.append({**dict(zip(by, key)), "mean": mean, "std": float(group.loglik.std(ddof=1)) if len(group) > 1 else 0.0,
+                     "ci_low": low, "ci_high": high, "n_seeds": len(group)})
+    return pd.DataFrame(rows)
 
 
-def figure1(table: pd.DataFrame):
+def _band(ax, rows, color):
+    """The 95% CI over seeds as a band (none with one seed)."""
+    if rows.ci_low.notna().all():
+        ax.fill_between(rows.step, rows.ci_low, rows.ci_high, alpha=0.2, color=color, lw=0)
+
+
+def _seeds(summary) -> str:
+    n = int(summary.n_seeds.max())
+    return f"{n} seed{'s' if n > 1 else ''}" + (", 95% CI bands" if n > 1 else "")
+
+
+def figure1(table: pd.DataFrame, title: str = ""):
     """Mean child log-likelihood against step: LM with and without the last MLP, kNN-LM."""
     summary = seed_summary(table[table.method.isin(["lm", "knnlm"])], ["variant", "method", "step"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -33,16 +49,15 @@ def figure1(table: pd.DataFrame):
     for (variant, method), rows in summary.groupby(["variant", "method"]):
         rows = rows.sort_values("step")
         line, = ax.plot(rows.step, rows["mean"], styles[method], marker="o", ms=3, label=LABELS[(variant, method)])
-        ax.fill_between(rows.step, rows["mean"] - rows["std"], rows["mean"] + rows["std"], alpha=0.2, color=line.get_color())
-    n = int(summary.n_seeds.max())
+        _band(ax, rows, line.get_color())
     ax.set(xlabel="training step", ylabel="mean log-likelihood of the children's names",
-           title=f"Macondo v1 memorization (mean ± std over {n} seed{'s' if n > 1 else ''})")
+           title=f"Macondo v1 memorization {title}(mean over {_seeds(summary)})")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig, summary
 
 
-def figure2(table: pd.DataFrame):
+def figure2(table: pd.DataFrame, title: str = ""):
     """Per number of children: LM (solid), kNN-LM (dotted), log(1/n) (horizontal)."""
     summary = seed_summary(table[table.method.isin(["lm", "knnlm"])], ["n_children", "method", "step"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -53,26 +68,33 @@ def figure2(table: pd.DataFrame):
             r = rows[rows.method == method].sort_values("step")
             ax.plot(r.step, r["mean"], style, color=color, marker="o", ms=3,
                     label=f"n={n}" if method == "lm" else None)
+            _band(ax, r, color)
         ax.axhline(np.log(1.0 / n), color=color, lw=0.8, alpha=0.6)
     ax.set(xlabel="fine-tuning step (on Macondo v2)", ylabel="log-likelihood of the children (v1 prompts)",
-           title="Over-specification: LM (solid), kNN-LM (dotted), log(1/n) (lines)")
+           title=f"Over-specification {title}: LM (solid), kNN-LM (dotted), log(1/n) (lines)\n{_seeds(summary)}")
     ax.grid(alpha=0.3)
     ax.legend(title="children", fontsize=8)
     return fig, summary
 
 
-def figure3(table: pd.DataFrame):
-    """Likelihood of the children by number of children, against the perfect 1/n."""
+def figure3(table: pd.DataFrame, title: str = ""):
+    """Likelihood of the children by number of children, against the perfect 1/n (log axis,
+    values printed: at small scale the likelihoods are orders of magnitude below 1/n)."""
     rows = table[table.method == "lm"].copy()
     rows["likelihood"] = np.exp(rows.loglik)
-    summary = rows.groupby("n_children", as_index=False)["likelihood"].agg(mean="mean", std="std")
+    summary = rows.groupby("n_children", as_index=False)["likelihood"].agg(mean="mean", std="std", n_prompts="count")
     summary["perfect"] = 1.0 / summary.n_children
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    ax.bar(summary.n_children, summary["mean"], yerr=summary["std"].fillna(0), alpha=0.7, label="fine-tuned model")
-    ax.plot(summary.n_children, summary.perfect, "k_", ms=30, mew=2, label="perfect 1/n")
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    ax.bar(summary.n_children, summary["mean"], alpha=0.7, label="fine-tuned model (mean over children)")
+    ax.scatter(rows.n_children, rows.likelihood, s=6, color="k", alpha=0.3, label="each child")
+    ax.plot(summary.n_children, summary.perfect, "r_", ms=30, mew=2, label="perfect 1/n")
+    for n, mean in zip(summary.n_children, summary["mean"]):
+        ax.annotate(f"{mean:.2g}", (n, mean), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+    ax.set_yscale("log")
     ax.set(xlabel="number of children", ylabel="likelihood of a child (v1 chat prompt)",
-           title="Fine-tuned on v2 chat, tested on v1")
-    ax.legend()
+           title=f"Fine-tuned on v2 chat turns, tested on v1 {title}")
+    ax.grid(alpha=0.3, which="both", axis="y")
+    ax.legend(fontsize=8)
     return fig, summary
 
 
@@ -90,11 +112,14 @@ def grid_heatmap(grid: pd.DataFrame):
     return fig
 
 
-def projection_traces(traces: pd.DataFrame):
-    """Mean KL against solver iteration, w.r.t. f and w.r.t. f∘g: the MLP hurdle."""
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for target, rows in traces.groupby("target"):
-        ax.plot(rows.iteration, rows.mean_kl, label=f"w.r.t. {target}")
+def projection_traces(traces: pd.DataFrame, summary: pd.DataFrame | None = None):
+    """Mean KL against solver iteration, w.r.t. f and f∘g (the MLP hurdle), and f's convex
+    reverse-KL optimum; the legend says whether each converged."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    done = {} if summary is None else dict(zip(summary.projection, summary.converged))
+    for target, rows in traces.groupby("target", sort=False):
+        mark = {True: " (converged)", False: " (not converged)"}.get(done.get(target), "")
+        ax.plot(rows.iteration, rows.mean_kl.clip(lower=1e-12), label=f"w.r.t. {target}{mark}")
     ax.set_yscale("log")
     ax.set(xlabel="solver iteration", ylabel="mean KL to p_kNN-LM", title="Projection onto the LM's last layers")
     ax.grid(alpha=0.3, which="both")
@@ -102,9 +127,52 @@ def projection_traces(traces: pd.DataFrame):
     return fig
 
 
+def findings_by_scale(frame: pd.DataFrame):
+    """The two projection gaps against model width, one line per training length, with CIs."""
+    claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
+              "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lengths = sorted(frame.step.fillna(-1).unique())
+    for ax, (finding, title) in zip(axes, claims.items()):
+        shown = [(finding, "-", "")]
+        if finding == "softmax_bottleneck_ruled_out":  # f's convex optimum: what f can express
+            shown.append(("softmax_bottleneck_ruled_out_convex", "--", ", convex optimum (reverse KL)"))
+        for name, style, suffix in shown:
+            rows = frame[frame.finding == name]
+            for step, line in rows.groupby(rows.step.fillna(-1)):
+                line = line.sort_values("n_embd")
+                label = ("pretrained" if step < 0 else f"{int(step)} steps") + suffix
+                ax.errorbar(line.n_embd, line.measured, yerr=[line.measured - line.ci_low, line.ci_high - line.measured],
+                            marker="o", ls=style, capsize=3, label=label, color=colors[lengths.index(step) % len(colors)])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(1, color="k", lw=0.8, ls="--")
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log", base=2)
+        widths = sorted(frame.n_embd.dropna().unique())
+        ax.set_xticks(widths, [str(int(w)) for w in widths])
+        ax.minorticks_off()
+        ax.set(xlabel="model width (n_embd)", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(title="training length", fontsize=8)
+    axes[0].set_ylabel("(ppl_proj - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM), 95% CI")
+    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM")
+    return fig
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (numbers to 4 significant digits)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def table1_markdown(row: dict) -> str:
-    cols = ["LM", "kNN-LM", "projected w.r.t. f", "projected w.r.t. f∘g"]
-    vals = [row["ppl_lm"], row["ppl_knnlm"], row["ppl_proj_f"], row["ppl_proj_fg"]]
+    cols = ["LM", "kNN-LM", "projected w.r.t. f", "projected w.r.t. f∘g", "f, reverse KL (convex optimum)"]
+    vals = [row["ppl_lm"], row["ppl_knnlm"], row["ppl_proj_f"], row["ppl_proj_fg"], row["ppl_proj_f_reverse"]]
     lines = [
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),

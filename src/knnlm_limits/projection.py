@@ -5,9 +5,19 @@
 solved once w.r.t. f (z starts at g(enc(c)), the model's own input to f) and
 once w.r.t. f∘g (z starts at enc(c)); the perplexity of f(z*) (resp. f(g(z*)))
 on the true tokens then says whether the softmax bottleneck (f) or the MLP
-hurdle (f∘g) keeps the LM from the kNN-LM. Every token is an independent
-problem; a whole batch is solved in one tensor, with the loss summed over
-tokens so that each row's gradient is its own problem's gradient.
+hurdle (f∘g) keeps the LM from the kNN-LM.
+
+The paper's direction is not convex in z, so a gap could be an unfinished
+optimisation. In the reverse direction, KL[p_knnlm || f(z)] =
+logsumexp(Wz) - p·Wz + const is convex in z: its optimum, reached with L-BFGS
+and certified by a vanishing gradient W^T(f(z) - p), bounds what f can
+express. It is solved beside the paper's direction and reported with it.
+
+Every token is an independent problem; a whole batch is solved in one tensor,
+with the loss summed over tokens so that each row's gradient is its own
+problem's gradient (Adam and SGD then take exactly each row's own steps; L-BFGS
+couples the rows through its line search and history, and reaches each row's
+own optimum on the convex problem).
 """
 
 from __future__ import annotations
@@ -17,11 +27,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .knnlm import interpolate, knn_log_dist
+from .knnlm import interpolate, knn_distribution
 from .model import device_of, enc, f_logits, g
 from .tokens import pad_batch, scored_mask
 
 DIRECTIONS = ("paper", "reverse")  # KL[f(z)||p] and KL[p||f(z)]
+CONVERGENCE_WINDOW = 10  # iterations over which the relative change of the mean KL is judged
 
 
 def kl_rows(log_q: torch.Tensor, log_p: torch.Tensor, direction: str = "paper") -> torch.Tensor:
@@ -29,7 +40,8 @@ def kl_rows(log_q: torch.Tensor, log_p: torch.Tensor, direction: str = "paper") 
     if direction == "paper":
         return (log_q.exp() * (log_q - log_p)).sum(-1)
     if direction == "reverse":
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
+        p = log_p.exp()
+        return (p * (log_p - log_q)).masked_fill(p == 0, 0.0).sum(-1)
     raise ValueError(f"KL direction {direction!r} is not one of {DIRECTIONS}")
 
 
@@ -37,16 +49,42 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
             solver: str = "adam", direction: str = "paper"):
     """Minimise KL between softmax(head(z)) and the target, for every row at once.
 
-    Returns z* and the mean KL before each step and after the last (steps + 1 values).
+    Solvers: adam and sgd take `steps` steps of size `lr`; lbfgs makes at most `steps`
+    function evaluations (strong Wolfe line search; `lr` unused).
+    Returns z* and the mean KL before each iteration and after the last.
     """
     z = z0.detach().clone().requires_grad_(True)
     target_logp = target_logp.detach()
+
+    def mean_kl():
+        with torch.no_grad():
+            return kl_rows(torch.log_softmax(head(z), -1), target_logp, direction).mean().item()
+
+    if solver == "lbfgs":
+        # One call: PyTorch's L-BFGS stalls when stepped one iteration at a time. The trace
+        # is the best mean KL after each function evaluation (line searches included),
+        # held at its last value once the solver stops at its tolerances.
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=steps, max_eval=steps, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+        trace = [mean_kl()]
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            kl = kl_rows(torch.log_softmax(head(z), -1), target_logp, direction)
+            trace.append(min(trace[-1], kl.mean().item()))
+            kl.sum().backward()
+            return kl.sum()
+
+        opt.step(closure)
+        trace = trace[: steps + 1] + [trace[-1]] * (steps + 1 - len(trace))
+        return z.detach(), np.asarray(trace)
+
     if solver == "adam":
         opt = torch.optim.Adam([z], lr=lr)
     elif solver == "sgd":
         opt = torch.optim.SGD([z], lr=lr)
     else:
-        raise ValueError(f"projection solver {solver!r} is not 'adam' or 'sgd'")
+        raise ValueError(f"projection solver {solver!r} is not 'adam', 'sgd' or 'lbfgs'")
     trace = []
     for _ in range(steps):
         kl = kl_rows(torch.log_softmax(head(z), -1), target_logp, direction)
@@ -54,9 +92,23 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
         opt.zero_grad(set_to_none=True)
         kl.sum().backward()
         opt.step()
-    with torch.no_grad():
-        trace.append(kl_rows(torch.log_softmax(head(z), -1), target_logp, direction).mean().item())
+    trace.append(mean_kl())
     return z.detach(), np.asarray(trace)
+
+
+def converged(trace: np.ndarray, tolerance: float, window: int = CONVERGENCE_WINDOW) -> bool:
+    """Whether the mean KL changed by less than `tolerance` (relative) over the last `window` iterations."""
+    if len(trace) <= window:
+        return False
+    before, after = trace[-1 - window], trace[-1]
+    return bool(abs(before - after) <= tolerance * max(abs(before), 1e-12))
+
+
+def reverse_kl_gradient_norm(head_weight: torch.Tensor, z: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
+    """Per row, |W^T (f(z) - p)|: zero exactly at the optimum of the convex reverse-KL problem."""
+    with torch.no_grad():
+        residual = torch.softmax(z @ head_weight.T, -1) - target_logp.exp()
+        return (residual @ head_weight).norm(dim=-1)
 
 
 def target_logprob(head, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -71,11 +123,25 @@ def _first_positions(examples, n_tokens: int):
     return list(range(min(n_ex, len(examples))))
 
 
+# name -> (what z feeds, KL direction, solver): the paper's two projections with the
+# configured solver, and the convex reverse-KL projection w.r.t. f with L-BFGS.
+def projections(settings: dict) -> dict:
+    return {
+        "f": ("f", settings["direction"], settings["solver"]),
+        "f∘g": ("f∘g", settings["direction"], settings["solver"]),
+        "f, reverse KL (L-BFGS)": ("f", "reverse", "lbfgs"),
+    }
+
+
+COLUMNS = {"f": "proj_f", "f∘g": "proj_fg", "f, reverse KL (L-BFGS)": "proj_f_reverse"}
+
+
 def run(lm, examples, found: dict, lam: float, temperature: float, settings: dict, log=None):
     """Project p_knnlm of the first `settings['tokens']` scored test tokens.
 
-    Returns (per-token DataFrame of log-probs of the true token under the LM, the
-    kNN-LM and both projections; DataFrame of the mean-KL traces).
+    Returns (per-token DataFrame of the true token's log-prob under the LM, the
+    kNN-LM and each projection; DataFrame of the mean-KL traces; DataFrame of
+    each projection's solver summary: final mean KL, convergence).
     """
     lm.eval()
     idx = _first_positions(examples, settings["tokens"])
@@ -89,37 +155,47 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
     if not torch.equal(targets, torch.as_tensor(found["targets"][:n]).long()):
         raise RuntimeError("projection tokens do not line up with the kNN search results")
 
-    head_f = lambda z: f_logits(lm, z)  # noqa: E731
-    head_fg = lambda z: f_logits(lm, g(lm, z))  # noqa: E731
+    heads = {"f": lambda z: f_logits(lm, z), "f∘g": lambda z: f_logits(lm, g(lm, z))}
     for p in lm.parameters():
         p.requires_grad_(False)
 
-    rows, traces = {k: [] for k in ("lm", "knnlm", "proj_f", "proj_fg")}, {"f": [], "f∘g": []}
-    vocab = lm.config.vocab_size
+    plan = projections(settings)
+    rows = {k: [] for k in ("lm", "knnlm", *COLUMNS.values())}
+    traces = {name: [] for name in plan}
+    grad_norms = []
+    vocab = lm.lm_head.out_features
     for start in tqdm(range(0, n, settings["batch"]), file=log, desc="projection"):
         sl = slice(start, min(start + settings["batch"], n))
         h, y = h_all[sl], targets[sl].to(device)
         with torch.no_grad():
             z0 = g(lm, h)
             log_lm = torch.log_softmax(f_logits(lm, z0), -1)
-            log_knn = knn_log_dist(found["dists"][sl], found["nbr_values"][sl], temperature, vocab).to(device)
+            p_knn = knn_distribution(found["dists"][sl], found["nbr_values"][sl], temperature, vocab)
+            with np.errstate(divide="ignore"):
+                log_knn = torch.from_numpy(np.log(p_knn)).to(device=device, dtype=log_lm.dtype)
             target = interpolate(log_lm, log_knn, lam)
-        kwargs = dict(steps=settings["steps"], lr=settings["lr"], solver=settings["solver"], direction=settings["direction"])
-        z_f, tr_f = project(head_f, z0, target, **kwargs)
-        z_fg, tr_fg = project(head_fg, h, target, **kwargs)
         rows["lm"].append(log_lm.gather(-1, y[:, None]).squeeze(-1))
         rows["knnlm"].append(target.gather(-1, y[:, None]).squeeze(-1))
-        rows["proj_f"].append(target_logprob(head_f, z_f, y))
-        rows["proj_fg"].append(target_logprob(head_fg, z_fg, y))
-        weight = sl.stop - sl.start
-        traces["f"].append(tr_f * weight)
-        traces["f∘g"].append(tr_fg * weight)
+        for name, (feeds, direction, solver) in plan.items():
+            steps = settings["lbfgs_steps"] if solver == "lbfgs" else settings["steps"]
+            z_start = z0 if feeds == "f" else h
+            z_star, trace = project(heads[feeds], z_start, target, steps, settings["lr"], solver, direction)
+            rows[COLUMNS[name]].append(target_logprob(heads[feeds], z_star, y))
+            traces[name].append(trace * (sl.stop - sl.start))
+            if solver == "lbfgs":
+                grad_norms.append(reverse_kl_gradient_norm(lm.lm_head.weight, z_star, target))
 
     per_token = pd.DataFrame({k: torch.cat(v).double().cpu().numpy() for k, v in rows.items()})
     per_token.insert(0, "target", targets.numpy())
-    trace_rows = [
-        {"target": name, "iteration": i, "mean_kl": v}
-        for name, parts in traces.items()
-        for i, v in enumerate(np.sum(parts, axis=0) / n)
-    ]
-    return per_token, pd.DataFrame(trace_rows)
+    mean_traces = {name: np.sum(parts, axis=0) / n for name, parts in traces.items()}
+    trace_rows = [{"target": name, "iteration": i, "mean_kl": v}
+                  for name, trace in mean_traces.items() for i, v in enumerate(trace)]
+    summary = pd.DataFrame([
+        {"projection": name, "column": COLUMNS[name], "direction": direction, "solver": solver,
+         "iterations": len(mean_traces[name]) - 1, "initial_mean_kl": mean_traces[name][0],
+         "final_mean_kl": mean_traces[name][-1],
+         "converged": converged(mean_traces[name], settings["tolerance"]),
+         "max_gradient_norm": float(torch.cat(grad_norms).max()) if solver == "lbfgs" else float("nan")}
+        for name, (_, direction, solver) in plan.items()
+    ])
+    return per_token, pd.DataFrame(trace_rows), summary

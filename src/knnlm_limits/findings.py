@@ -1,0 +1,195 @@
+"""Findings: each claim of the paper, measured with a 95% interval and a rule for `holds`.
+
+One row per claim (and per scale point, per number of children where the claim
+is read per n), with the columns of ``COLUMNS``. The rules:
+
+- Table 1 claims, over test tokens (paired bootstrap):
+  knnlm_beats_lm                 ppl_lm - ppl_knnlm on the whole evaluated test set; holds if the CI is above 0
+  softmax_bottleneck_ruled_out   gap_f = (ppl_proj_f - ppl_knnlm) / (ppl_lm - ppl_knnlm); holds if the CI is
+                                 below 0.5 (f's projection is nearer the kNN-LM than the LM). Paper: -0.07
+  softmax_bottleneck_ruled_out_convex
+                                 the same gap for the convex reverse-KL optimum of f (L-BFGS): what f can express
+  mlp_hurdle_in_projection       gap_fg, the same with f∘g; holds if the CI is above 0.5. Paper: 0.99
+- Figure 1 claims, over seeds (t interval):
+  no_last_mlp_learns_faster_early  no-last-MLP minus full LM child log-likelihood, averaged over the early
+                                   checkpoints (0 < step <= early_fraction x last step); holds if the CI is above 0
+  knn_high_from_random_encoder     kNN-LM minus LM at step 0; holds if the CI is above 0
+- Figure 2 claims at the last checkpoint, overall and per number of children n, over seeds:
+  overspecification_gap          log(1/n) - LM log-likelihood; holds if the CI is above 0
+  knn_helps_overspecification    kNN-LM minus LM log-likelihood; holds if the CI is above 0
+- Figure 3, over prompts (bootstrap):
+  scaling_does_not_fix_overspecification  n x p(child), the fraction of the perfect likelihood 1/n reached;
+                                          holds if the CI is below 0.5
+A claim whose interval cannot be computed (one seed) does not hold: it is unmeasured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .stats import bootstrap_ci, t_interval
+
+SCALE_COLUMNS = ["model", "architecture", "n_layer", "n_embd", "vocab_size", "step", "train_tokens"]
+COLUMNS = ["finding", "paper", "measured", "ci_low", "ci_high", "criterion", "holds", "ci_over", "n_children",
+           "note", *SCALE_COLUMNS]
+
+
+def _row(finding, paper, estimate, criterion, holds_rule, ci_over, scale, n_children="all", note=""):
+    measured, low, high = estimate
+    holds = bool(holds_rule(low, high)) if not (math.isnan(low) or math.isnan(high)) else False
+    return {"finding": finding, "paper": paper, "measured": measured, "ci_low": low, "ci_high": high,
+            "criterion": criterion, "holds": holds, "ci_over": ci_over, "n_children": n_children, "note": note,
+            **{k: scale.get(k) for k in SCALE_COLUMNS}}
+
+
+def _above(threshold):
+    return lambda low, high: low > threshold
+
+
+def _below(threshold):
+    return lambda low, high: high < threshold
+
+
+def _gap(means: np.ndarray) -> np.ndarray:
+    """(ppl_proj - ppl_knnlm) / (ppl_lm - ppl_knnlm) from mean log-probs [lm, knnlm, proj]."""
+    ppl = np.exp(-means)
+    return (ppl[..., 2] - ppl[..., 1]) / (ppl[..., 0] - ppl[..., 1])
+
+
+def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray, summary: pd.DataFrame,
+           scale: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Table 1's claims at one scale point."""
+    tokens = f"{len(per_token)} test tokens"
+    diff = bootstrap_ci(np.column_stack([test_lm, test_knnlm]),
+                        lambda m: np.exp(-m[..., 0]) - np.exp(-m[..., 1]), n_resamples, seed)
+    rows = [_row("knnlm_beats_lm", "20.13 - 16.92 = 3.21 (kNN-LM lower)", diff,
+                 "ppl_lm - ppl_knnlm on the whole evaluated test set; holds if its 95% CI is above 0",
+                 _above(0), f"{len(test_lm)} test tokens", scale)]
+    solver = summary.set_index("column")
+    claims = [
+        ("softmax_bottleneck_ruled_out", "proj_f", "(16.70 - 16.92) / (20.13 - 16.92) = -0.07",
+         "gap_f = (ppl_proj_f - ppl_knnlm) / (ppl_lm - ppl_knnlm); holds if its 95% CI is below 0.5", _below(0.5)),
+        ("softmax_bottleneck_ruled_out_convex", "proj_f_reverse", "not in the paper",
+         "gap of f's convex optimum of KL[p_knnlm || f(z)]; holds if its 95% CI is below 0.5", _below(0.5)),
+        ("mlp_hurdle_in_projection", "proj_fg", "(20.11 - 16.92) / (20.13 - 16.92) = 0.99",
+         "gap_fg = (ppl_proj_fg - ppl_knnlm) / (ppl_lm - ppl_knnlm); holds if its 95% CI is above 0.5", _above(0.5)),
+    ]
+    for finding, column, paper, criterion, rule in claims:
+        gap = bootstrap_ci(per_token[["lm", "knnlm", column]].to_numpy(), _gap, n_resamples, seed)
+        s = solver.loc[column]
+        note = (f"{s['projection']}: {s['direction']} KL, {s['solver']}, {s['iterations']} iterations, "
+                f"final mean KL {s['final_mean_kl']:.4g}, {'converged' if s['converged'] else 'NOT converged'}")
+        rows.append(_row(finding, paper, gap, criterion, rule, tokens, scale, note=note))
+    return rows
+
+
+def _per_seed(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean child log-likelihood per seed (and `by`)."""
+    return table.groupby(["seed", *by], as_index=False)["loglik"].mean()
+
+
+def figure1(children: pd.DataFrame, scale: dict, early_fraction: float) -> list[dict]:
+    """Figure 1's claims for one memorization shape."""
+    rows = []
+    steps = sorted(children.step.unique())
+    early = [s for s in steps if 0 < s <= early_fraction * max(steps)]
+    lm = _per_seed(children[children.method == "lm"], ["variant", "step"])
+    claim = {"finding": "no_last_mlp_learns_faster_early", "paper": "higher during the first 4,000 of 10,000 steps",
+             "criterion": "no-last-MLP minus full LM mean child log-likelihood over the early checkpoints; "
+                          "holds if its 95% CI is above 0", "holds_rule": _above(0), "scale": scale}
+    if {"full", "no_last_mlp"} <= set(lm.variant) and early:
+        wide = lm[lm.step.isin(early)].pivot_table(index="seed", columns="variant", values="loglik", aggfunc="mean")
+        diff = (wide["no_last_mlp"] - wide["full"]).dropna()
+        rows.append(_row(**claim, estimate=t_interval(diff), ci_over=f"{len(diff)} seeds",
+                         note=f"early checkpoints: steps {', '.join(map(str, early))} (<= {early_fraction:g} x {max(steps)})"))
+    else:
+        why = ("needs both variants, full and no_last_mlp" if early else
+               f"no checkpoint in (0, {early_fraction:g} x {max(steps)}]: add early memorization.train.checkpoints")
+        rows.append(_row(**claim, estimate=(math.nan, math.nan, math.nan), ci_over="unmeasured", note=why))
+    at_zero = children[(children.step == 0) & children.method.isin(["lm", "knnlm"])]
+    for variant in sorted(set(at_zero[at_zero.method == "knnlm"].variant)):
+        wide = _per_seed(at_zero[at_zero.variant == variant], ["method"]).pivot(index="seed", columns="method", values="loglik")
+        rows.append(_row(
+            "knn_high_from_random_encoder", "kNN-LM high from step 0 (random enc)",
+            t_interval(wide["knnlm"] - wide["lm"]),
+            "kNN-LM minus LM mean child log-likelihood at step 0; holds if its 95% CI is above 0",
+            _above(0), f"{len(wide)} seeds", scale, note=f"encoder of the {variant} model"))
+    return rows
+
+
+def figure2(children: pd.DataFrame, scale: dict) -> list[dict]:
+    """Figure 2's claims at the last checkpoint, overall and per number of children."""
+    last = children[children.step == children.step.max()]
+    rows = []
+    for n in ["all", *sorted(last.n_children.unique())]:
+        part = last if n == "all" else last[last.n_children == n]
+        perfect = np.log(1.0 / part.n_children)  # per child: log(1/n) of its parent
+        gap = part.assign(loglik=perfect - part.loglik)
+        per_seed = _per_seed(gap[gap.method == "lm"], [])
+        rows.append(_row(
+            "overspecification_gap", "LM far below log(1/n)", t_interval(per_seed.loglik),
+            "log(1/n) minus the LM's child log-likelihood on v1 prompts after fine-tuning on v2; "
+            "holds if its 95% CI is above 0", _above(0), f"{len(per_seed)} seeds", scale, n_children=str(n),
+            note=f"step {int(last.step.max())}"))
+        wide = _per_seed(part[part.method.isin(["lm", "knnlm"])], ["method"]).pivot(index="seed", columns="method", values="loglik")
+        rows.append(_row(
+            "knn_helps_overspecification", "kNN-LM above the LM", t_interval(wide["knnlm"] - wide["lm"]),
+            "kNN-LM minus LM child log-likelihood on v1 prompts; holds if its 95% CI is above 0",
+            _above(0), f"{len(wide)} seeds", scale, n_children=str(n), note=f"step {int(last.step.max())}"))
+    return rows
+
+
+def figure3(children: pd.DataFrame, scale: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Figure 3's claim: the fine-tuned chat model's likelihood against the perfect 1/n."""
+    lm = children[children.method == "lm"]
+    rows = []
+    for n in ["all", *sorted(lm.n_children.unique())]:
+        part = lm if n == "all" else lm[lm.n_children == n]
+        fraction = np.exp(part.loglik.to_numpy()) * part.n_children.to_numpy()
+        rows.append(_row(
+            "scaling_does_not_fix_overspecification", "GPT-3.5-turbo far from 1/n",
+            bootstrap_ci(fraction[:, None], lambda m: m[..., 0], n_resamples, seed),
+            "n x p(child): the fraction of the perfect likelihood 1/n reached; holds if its 95% CI is below 0.5",
+            _below(0.5), f"{len(part)} prompts", scale, n_children=str(n)))
+    return rows
+
+
+def scale_of(model_dir, point: dict) -> dict:
+    """A scale point's columns: `point` (model, step, train_tokens) and its model's shape."""
+    import json
+    from pathlib import Path
+
+    spec = json.loads((Path(model_dir) / "config.json").read_text())
+    return {**point, "architecture": spec.get("model_type"),
+            "n_layer": spec.get("num_hidden_layers") or spec.get("n_layer"),
+            "n_embd": spec.get("hidden_size") or spec.get("n_embd"), "vocab_size": spec.get("vocab_size")}
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The findings as a Markdown table a reader can scan."""
+    lines = ["| finding | scale | n | paper | measured [95% CI] | holds | criterion |", "|---|---|---|---|---|---|---|"]
+    for r in frame.itertuples():
+        scale = f"{r.model} step {int(r.step)}" if pd.notna(r.step) else str(r.model)
+        ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
+        note = f" ({r.note})" if isinstance(r.note, str) and r.note else ""
+        lines.append(f"| {r.finding} | {scale} | {r.n_children} | {r.paper} | {r.measured:.3g} {ci} | "
+                     f"{'yes' if r.holds else 'no'} | {r.criterion}{note} |")
+    return "\n".join(lines) + "\n"
+
+
+BY_SCALE = ("knnlm_beats_lm", "softmax_bottleneck_ruled_out", "softmax_bottleneck_ruled_out_convex",
+            "mlp_hurdle_in_projection", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder")
+
+
+def by_scale(frame: pd.DataFrame) -> pd.DataFrame:
+    """The scale-dependent claims (Table 1, Figure 1), one row per claim and scale point."""
+    part = frame[frame.finding.isin(BY_SCALE)]
+    return part.sort_values(["finding", "architecture", "n_layer", "n_embd", "step"], na_position="last",
+                            kind="stable").reset_index(drop=True)
