@@ -1,25 +1,28 @@
-from pathlib import Path
+"""Config validation before any job: types, defaults, command-line values, cross-key rules,
+and the local models a config names."""
 
-import pytest
 import yaml
+import pytest
 from snakemake.utils import update_config
 
-from knnlm_limits.config import ConfigError, validate
-
-ROOT = Path(__file__).resolve().parents[1]
+from knnlm_limits.config import ConfigError, coerce, validate
+from tests.support import ROOT, planned_jobs, snakemake
 
 
 def test_defaults_are_filled():
     cfg = validate({})
     assert cfg["knn"]["k"] == 1024 and cfg["knn"]["lambda"] == 0.25 and cfg["knn"]["temperature"] == 1.0
+    assert cfg["knn"]["exact_index"] == "exact" and cfg["knn"]["rerank"] is False
     assert cfg["macondo"]["n_villagers"] == 500 and cfg["macondo"]["n_parents"] == 100
     assert cfg["memorization"]["train"]["batch_size"] == 32
+    assert cfg["corpus_lm"]["shapes"][0]["architecture"] == "gpt2"
 
 
 def test_partial_section_keeps_given_values():
-    cfg = validate({"memorization": {"train": {"checkpoints": [0, 5]}}})
+    cfg = validate({"memorization": {"train": {"checkpoints": [0, 5]}, "shapes": [{"name": "s", "n_layer": 2}]}})
     assert cfg["memorization"]["train"]["checkpoints"] == [0, 5]
-    assert cfg["memorization"]["shape"]["n_layer"] == 4
+    assert cfg["memorization"]["shapes"][0]["n_layer"] == 2
+    assert cfg["memorization"]["shapes"][0]["n_embd"] == 256  # filled inside list items too
 
 
 @pytest.mark.parametrize(
@@ -28,8 +31,20 @@ def test_partial_section_keeps_given_values():
         ({"knn": {"lamda": 0.3}}, "knn.lamda"),
         ({"bogus": 1}, "bogus"),
         ({"knn": {"k": "many"}}, "knn.k"),
-        ({"memorization": {"shape": {"n_layer": 2.5}}}, "memorization.shape.n_layer"),
+        ({"memorization": {"shapes": [{"name": "s", "n_layer": 2.5}]}}, "memorization.shapes.0.n_layer"),
+        ({"memorization": {"shapes": [{"name": "s", "architecture": "gpt_neox"}]}}, "memorization.shapes.0.architecture"),
         ({"table1": {"projection": {"direction": "sideways"}}}, "table1.projection.direction"),
+        ({"memorization": {"seeds": [0, -1]}}, "memorization.seeds.1"),
+        ({"overspecification": {"seeds": [-3]}}, "overspecification.seeds.0"),
+        ({"scale": {"seed": -1}}, "scale.seed"),
+        ({"macondo": {"n_parents": 11}}, "macondo.n_parents"),
+        ({"macondo": {"n_villagers": 100}}, "macondo.n_villagers"),
+        ({"corpus": {"local_files": {"train": "a.txt", "valid": "b.txt[0.1.2:]", "test": "c.txt"}}}, "corpus.local_files.valid"),
+        ({"knn": {"approximate_index": "IVFx,PQ8"}}, "knn.approximate_index"),
+        ({"knn": {"approximate_index": "IVF64,PQ48"}, "corpus": {"max_train_tokens": None}}, "knn.approximate_index"),
+        ({"corpus_lm": {"shapes": [{"name": "a"}, {"name": "a"}]}}, "corpus_lm.shapes"),
+        ({"corpus_lm": {"shapes": [], "pretrained": []}}, "corpus_lm"),
+        ({"corpus": {"block_size": 64, "stride": 65}}, "corpus.stride"),
     ],
 )
 def test_bad_config_names_the_key(config, key):
@@ -37,11 +52,98 @@ def test_bad_config_names_the_key(config, key):
         validate(config)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config/paper.yaml", "config/wikitext2-local.yaml", ".tests/config.yaml"])
+def test_a_factory_that_cannot_fit_a_small_corpus_lm_is_fine_when_its_datastore_is_searched_exactly():
+    # PQ64 does not divide 32-d keys, but max_train_tokens keeps the datastore exact
+    validate({"corpus": {"max_train_tokens": 1000}, "corpus_lm": {"shapes": [{"name": "s", "n_embd": 32}]},
+              "knn": {"approximate_index": "IVF64,PQ64"}})
+
+
+def _schema():
+    root = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    return root
+
+
+def test_command_line_strings_are_coerced_to_the_schemas_types():
+    """Snakemake parses nested --config values with YAML's BaseLoader: every scalar a string."""
+    root = _schema()
+    given = yaml.load("{knn: {k: '8', lambda: '0.3', rerank: 'true'}, memorization: {seeds: ['0', '1', '2']},"
+                      " corpus: {stride: 'null', hub_config: '103'}, results: out}", Loader=yaml.BaseLoader)
+    got = coerce(given, root, root)
+    assert got["knn"] == {"k": 8, "lambda": 0.3, "rerank": True}
+    assert got["memorization"]["seeds"] == [0, 1, 2]
+    assert got["corpus"] == {"stride": None, "hub_config": "103"}  # a string key stays a string
+    assert validate(got)["knn"]["lambda"] == 0.3
+
+
+def test_nested_config_on_the_command_line_plans(tmp_path):
+    proc = snakemake("-n", "--config", "knn={lambda: 0.3, k: 8, rerank: true}", "memorization={seeds: [0, 1, 2]}",
+                     f"results={tmp_path}/r")
+    assert planned_jobs(proc.stdout)["train_memorization"] == 2 * 3
+
+
+def test_planning_fails_before_any_job_on_a_bad_config(tmp_path):
+    proc = snakemake("-n", "--config", "macondo={n_parents: 12}", f"results={tmp_path}/r", check=False)
+    assert proc.returncode != 0
+    assert "'macondo.n_parents': 12 is not a multiple" in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout
+
+
+def _local_model(path, arch, tok):
+    from knnlm_limits import model
+
+    lm = model.build_model(len(tok), 1, 64, 2, 32, architecture=arch) if arch != "gpt_neox" else _neox(len(tok))
+    lm.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _neox(vocab):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=32))
+
+
+def test_local_model_of_an_unsupported_architecture_is_refused_at_planning(small_tokenizer, tmp_path):
+    neox = _local_model(tmp_path / "neox", "gpt_neox", small_tokenizer)
+    with pytest.raises(ConfigError, match=r"corpus_lm\.pretrained\[0\].*'gpt_neox' is not supported.*GPT-2.*Llama"):
+        validate({"corpus_lm": {"pretrained": [neox]}})
+    with pytest.raises(ConfigError, match=r"overspecification\.base_model.*'gpt_neox'"):
+        validate({"overspecification": {"base_model": neox}})
+    validate({"scale": {"model": neox}})  # Figure 3 scores with logits alone: any architecture
+
+
+def test_local_model_with_another_tokenizer_is_refused_at_planning(small_tokenizer, tmp_path):
+    from knnlm_limits.corpus import synthetic_lines
+    from knnlm_limits.tokenizer import train_bpe
+
+    small_tokenizer.save_pretrained(tmp_path / "workflow-tokenizer")
+    other = train_bpe(synthetic_lines(300, seed=[5, 5]), 900)
+    foreign = _local_model(tmp_path / "foreign", "llama", other)
+    ours = _local_model(tmp_path / "ours", "qwen2", small_tokenizer)
+    base = {"tokenizer": {"pretrained": str(tmp_path / "workflow-tokenizer")}}
+    with pytest.raises(ConfigError, match=r"'overspecification\.base_model'.*not the workflow's.*tokenizer\.pretrained"):
+        validate({**base, "overspecification": {"base_model": foreign}})
+    validate({**base, "overspecification": {"base_model": ours}, "corpus_lm": {"pretrained": [ours]}})
+
+
+SHIPPED = ["config.yaml", "config/paper.yaml", "config/paper-sweep.yaml", "config/pretrained.yaml",
+           "config/rehearsal.yaml", "config/sweep.yaml", "config/wikitext2-local.yaml", ".tests/config.yaml",
+           ".tests/wikitext2.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_validate(name):
-    cfg = yaml.safe_load((ROOT / name).read_text())
-    if name != "config.yaml":
-        base = yaml.safe_load((ROOT / "config.yaml").read_text())
-        update_config(base, cfg)  # as snakemake --configfile merges
-        cfg = base
-    validate(cfg)
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    under = {".tests/wikitext2.yaml": ".tests/config.yaml", "config/paper-sweep.yaml": "config/paper.yaml",
+             "config/sweep.yaml": "config/wikitext2-local.yaml"}
+    layers = [under[name], name] if name in under else [name]
+    for layer in layers:
+        if layer != "config.yaml":
+            update_config(base, yaml.safe_load((ROOT / layer).read_text()))  # as snakemake --configfile merges
+    validate(base, base_dir=ROOT)
+
+
+def test_every_shipped_config_is_listed_here():
+    shipped = {str(p.relative_to(ROOT)) for p in [*ROOT.glob("config/*.yaml"), *ROOT.glob(".tests/*.yaml")]}
+    assert shipped | {"config.yaml"} == set(SHIPPED)

@@ -1,10 +1,26 @@
-"""Config validation: the JSON schema fills defaults; errors name the offending key."""
+"""Config validation, before any job runs. Every error names the offending key.
+
+1. Values given on the command line are coerced to the schema's types: Snakemake
+   hands nested ``--config knn='{lambda: 0.3}'`` values over as strings.
+2. The JSON schema checks types and fills every default.
+3. What a schema cannot say: Macondo sizes that cannot be met, duplicate shape
+   names, FAISS factory strings FAISS cannot build, and models a config names as
+   local folders whose architecture the decomposition does not support or whose
+   tokenizer is not the workflow's.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+_JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None),
+               "array": list, "object": dict, "string": str}
+
+
+PARSE_DIM = 2**7 * 3 * 5 * 7  # a key size most FAISS factories divide: checks the string parses
 
 
 class ConfigError(ValueError):
@@ -19,12 +35,51 @@ def _key_path(error) -> str:
     return path or "<top level>"
 
 
-def validate(config: dict, schema=SCHEMA) -> dict:
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            ref = ref[part]
+        schema = {**ref, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _fits(value, types) -> bool:
+    return any(isinstance(value, _JSON_TYPES[t]) and not (t in ("integer", "number") and isinstance(value, bool))
+               for t in types)
+
+
+def coerce(value, schema: dict, root: dict):
+    """`value` with command-line strings turned into the types the schema asks for there."""
+    schema = _resolve(schema, root)
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: coerce(v, props.get(k, extra if isinstance(extra, dict) else {}), root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce(v, schema.get("items", {}), root) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if "enum" in schema and not types:
+        types = sorted({next(t for t, py in _JSON_TYPES.items() if _fits(v, [t])) for v in schema["enum"]})
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if "string" in types:
+        return None if parsed is None and "null" in types else value
+    return coerce(parsed, schema, root) if _fits(parsed, types) else value
+
+
+def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:
     """Validate `config` in place (defaults filled); ConfigError names the bad key."""
     import jsonschema
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as snakemake_validate
 
+    root = yaml.safe_load(Path(schema).read_text())
+    config.update(coerce(config, root, root))
     try:
         snakemake_validate(config, str(schema), set_default=True)
     except WorkflowError as err:
@@ -32,4 +87,95 @@ def validate(config: dict, schema=SCHEMA) -> dict:
         if not isinstance(cause, jsonschema.ValidationError):
             raise
         raise ConfigError(f"invalid config key {_key_path(cause)!r}: {cause.message}") from None
+    check_semantics(config)
+    check_local_models(config, Path(base_dir) if base_dir else Path.cwd())
     return config
+
+
+def check_semantics(config: dict) -> None:
+    """Rules across keys that a JSON schema cannot express."""
+    from .macondo import MacondoError, check_sizes
+
+    try:
+        check_sizes(config["macondo"])
+    except MacondoError as err:
+        raise ConfigError(str(err)) from None
+    for section in ("corpus_lm", "memorization"):
+        names = [shape["name"] for shape in config[section]["shapes"]]
+        if len(names) != len(set(names)):
+            raise ConfigError(f"invalid config key '{section}.shapes': shape names must be unique, got {names}")
+    if not config["corpus_lm"]["shapes"] and not config["corpus_lm"]["pretrained"]:
+        raise ConfigError("invalid config key 'corpus_lm': give at least one of corpus_lm.shapes, corpus_lm.pretrained")
+    if set(config["memorization"]["knn_variants"]) - set(config["memorization"]["variants"]):
+        raise ConfigError("invalid config key 'memorization.knn_variants': every kNN variant must be in memorization.variants")
+    if config["corpus"]["local_files"]:
+        from .corpus import CorpusError, LOCAL_KEY, parse_local_spec
+
+        for split, spec in config["corpus"]["local_files"].items():
+            try:
+                parse_local_spec(spec, f"{LOCAL_KEY}.{split}")
+            except CorpusError as err:
+                raise ConfigError(f"invalid config key '{LOCAL_KEY}.{split}': {err}") from None
+    stride = config["corpus"]["stride"]
+    if stride is not None and stride > config["corpus"]["block_size"]:
+        raise ConfigError(f"invalid config key 'corpus.stride': {stride} is more than corpus.block_size "
+                          f"({config['corpus']['block_size']}); windows would skip tokens")
+
+
+def _local(name: str, base_dir: Path) -> Path | None:
+    """The folder a model name points at, if it is a local folder."""
+    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    return path if path.is_dir() else None
+
+
+def pretrained_models(config: dict) -> dict[str, str]:
+    """{hub id or path: config key} of the models the workflow's own token files feed."""
+    named = {name: f"corpus_lm.pretrained[{i}]" for i, name in enumerate(config["corpus_lm"]["pretrained"])}
+    base = config["overspecification"]["base_model"]
+    if base != "corpus_lm":
+        named.setdefault(base, "overspecification.base_model")
+    return named
+
+
+def check_local_models(config: dict, base_dir: Path) -> None:
+    """Architecture, tokenizer and FAISS factory checks that need local files only."""
+    from .families import UnsupportedArchitecture, family_of, local_model_type
+    from .index import IndexConfigError, check_factory
+    from .tokenizer import TokenizerError, check_same_vocabulary
+
+    dims = {shape["n_embd"] for shape in config["corpus_lm"]["shapes"]}  # corpus LMs' keys
+    tokenizer_dir = config["tokenizer"]["pretrained"]
+    tokenizer_dir = _local(tokenizer_dir, base_dir) if tokenizer_dir else base_dir / config["results"] / "data" / "tokenizer"
+    for name, key in pretrained_models(config).items():
+        folder = _local(name, base_dir)
+        if folder is None:
+            continue  # a hub id: the import job checks it, before any job uses the model
+        model_type = local_model_type(folder)
+        try:
+            family_of(model_type or "unknown", f"config key {key!r} ({name})")
+        except UnsupportedArchitecture as err:
+            raise ConfigError(str(err)) from None
+        if tokenizer_dir is not None and tokenizer_dir.is_dir():
+            try:
+                check_same_vocabulary(tokenizer_dir, folder, key)
+            except TokenizerError as err:
+                raise ConfigError(str(err)) from None
+        hidden = _hidden_size(folder)
+        if hidden:
+            dims.add(hidden)
+    # The approximate factory must parse; and it must fit the keys of every corpus LM whose
+    # datastore can outgrow exact search (Macondo's datastores never do).
+    cap = config["corpus"]["max_train_tokens"]
+    may_be_approximate = cap is None or cap > config["knn"]["exact_max_keys"]
+    try:
+        for dim in [PARSE_DIM, *(sorted(dims) if may_be_approximate else [])]:
+            check_factory(config["knn"]["approximate_index"], dim, "knn.approximate_index")
+    except IndexConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _hidden_size(folder: Path) -> int | None:
+    import json
+
+    spec = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    return spec.get("hidden_size") or spec.get("n_embd")
