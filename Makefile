@@ -6,7 +6,7 @@ CORES ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: workflow test setup dry-run report lint
+.PHONY: workflow test setup dry-run report lint rehearsal-models rehearsal unlock
 
 workflow: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) $(ARGS)
@@ -21,6 +21,18 @@ dry-run: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(VENV)/bin/snakemake --report report.html $(ARGS)
+
+# Paper scale rehearsed offline: tiny local stand-ins for the hub models, then the
+# whole config/rehearsal.yaml DAG (a few minutes on 2 cores).
+rehearsal-models: $(VENV)/.installed
+	$(VENV)/bin/python -m knnlm_limits.rehearsal rehearsal
+
+rehearsal: rehearsal-models
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/rehearsal.yaml $(ARGS)
+
+# After a killed run Snakemake refuses to start ("Directory cannot be locked"): release the lock.
+unlock: $(VENV)/.installed
+	$(VENV)/bin/snakemake --unlock $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/snakemake --lint $(ARGS)

@@ -2,7 +2,7 @@
 # Language Model Training" (Chiang et al.). Stages, one rule file each:
 #   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
 #   -> table1 (projection) / memorization (Figure 1) / overspecification
-#   (Figure 2) / scale (Figure 3)
+#   (Figure 2) / scale (Figure 3) -> findings
 import sys
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from knnlm_limits.config import validate
 configfile: "config.yaml"
 
 
-validate(config)
+validate(config, base_dir=workflow.basedir)
 
 
 report: "report/workflow.rst"
@@ -34,9 +34,15 @@ include: "rules/table1.smk"
 include: "rules/memorization.smk"
 include: "rules/overspecification.smk"
 include: "rules/scale.smk"
+include: "rules/findings.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+
+
+rule all_table1:
+    input:
+        [f"{table1_dir(m, s)}/table1.md" for m, s in corpus_points()],

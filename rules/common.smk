@@ -1,46 +1,31 @@
 # Path helpers, model references and input functions shared by every rule file.
+#
+# Models live in results/models/<model>/step-<step>, <model> being one of
+#   corpus_lm/<shape>                       a corpus LM trained here (corpus_lm.shapes)
+#   pretrained/<name>                       a model imported with from_pretrained (hub id or folder)
+#   memorization/<shape>/<variant>/seed-<seed>   Figure 1's runs
+#   overspecification/seed-<seed>           Figure 2's runs
+#   chat                                    Figure 3's fine-tuned chat model
+# Each setting is a wildcard of its own; nothing is parsed back out of a name.
 import re
+
+from knnlm_limits.config import pretrained_models
 
 R = config["results"]
 LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
 ENV = "../envs/knnlm.yaml"
+CORPUS_MODEL = r"corpus_lm/[A-Za-z0-9_.=+-]+|pretrained/[A-Za-z0-9_.=+-]+"
 
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9_.=+-]+",
+    model=CORPUS_MODEL,
+    shape=r"[A-Za-z0-9_.=+-]+",
+    name=r"[A-Za-z0-9_.=+-]+",
     step=r"\d+",
-    data=r"corpus_train|macondo_v1|macondo_v2",
-    evalset=r"corpus_valid|corpus_test|prompts_v1",
     split=r"train|valid|test",
     variant=r"full|no_last_mlp",
-    seed=r"-?\d+",
-
-
-def slug(name):
-    """A hub id or path as a folder name: 'openai-community/gpt2' -> 'hub-openai-community--gpt2'."""
-    return f"hub-{re.sub(r'[/]+', '--', str(name)).strip('-')}"
-
-
-def model_dir(model, step):
-    return f"{R}/models/{model}/step-{step}"
-
-
-def tokens(name):
-    return f"{R}/data/tokens/{name}.npz"
-
-
-def datastore(model, step, data):
-    base = f"{R}/datastores/{model}/step-{step}/{data}"
-    return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
-
-
-def index_file(model, step, data):
-    return f"{R}/indexes/{model}/step-{step}/{data}/index.faiss"
-
-
-def knn_file(model, step, data, evalset):
-    return f"{R}/knn/{model}/step-{step}/{data}/{evalset}.npz"
+    seed=r"\d+",
 
 
 def canon(value):
@@ -57,52 +42,107 @@ def last(steps):
     return max(steps)
 
 
-# The corpus LM: trained here (model "corpus_lm") or a pretrained one imported
-# once from the hub/path named in corpus_lm.pretrained (its step 0).
-def corpus_lm():
-    if config["corpus_lm"]["pretrained"]:
-        return slug(config["corpus_lm"]["pretrained"]), 0
-    return "corpus_lm", last(config["corpus_lm"]["train"]["checkpoints"])
+def model_dir(model, step):
+    return f"{R}/models/{model}/step-{step}"
+
+
+def tokens(name):
+    return f"{R}/data/tokens/{name}.npz"
+
+
+def datastore(model, step):
+    base = f"{R}/datastores/{model}/step-{step}"
+    return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
+
+
+def index_dir(model, step):
+    return f"{R}/indexes/{model}/step-{step}"
+
+
+def knn_file(model, step, evalset):
+    return f"{R}/knn/{model}/step-{step}/{evalset}.npz"
+
+
+def table1_dir(model, step):
+    return f"{R}/table1/{model}/step-{step}"
+
+
+# ---------------------------------------------------------------- imported models
+
+
+def slug(name):
+    """A hub id or path as a folder name: 'openai-community/gpt2' -> 'openai-community--gpt2'."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "--", str(name)).strip("-.") or "model"
+
+
+def imported_models():
+    """{folder name: (hub id or path, config key naming it)} of every model imported with
+    from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat model."""
+    named = pretrained_models(config)
+    if config["scale"]["model"] != "corpus_lm":
+        named.setdefault(config["scale"]["model"], "scale.model")
+    return {slug(name): (name, key) for name, key in named.items()}
+
+
+def imported(name):
+    """(model, step) of a model imported from a hub id or path."""
+    return f"pretrained/{slug(name)}", 0
+
+
+# ---------------------------------------------------------------- corpus LMs: the scale points
+
+
+def shape_of(section, name):
+    return next(s for s in config[section]["shapes"] if s["name"] == name)
+
+
+def corpus_points():
+    """Every (model, step) whose Table 1 is computed: each trained shape at each
+    checkpoint, each pretrained corpus LM as it is."""
+    steps = sorted(config["corpus_lm"]["train"]["checkpoints"])
+    trained = [
+        (f"corpus_lm/{s['name']}", step)
+        for s in config["corpus_lm"]["shapes"]
+        for step in steps
+    ]
+    return trained + [imported(name) for name in config["corpus_lm"]["pretrained"]]
+
+
+def first_corpus_lm():
+    """The corpus LM other experiments build on: the first shape's last checkpoint,
+    else the first pretrained corpus LM."""
+    shapes = config["corpus_lm"]["shapes"]
+    if shapes:
+        return f"corpus_lm/{shapes[0]['name']}", last(
+            config["corpus_lm"]["train"]["checkpoints"]
+        )
+    return imported(config["corpus_lm"]["pretrained"][0])
 
 
 def base_model(name):
     """(model, step) of a model named in the config: 'corpus_lm' or a hub id / path."""
-    return corpus_lm() if name == "corpus_lm" else (slug(name), 0)
+    return first_corpus_lm() if name == "corpus_lm" else imported(name)
 
 
-def pretrained_sources():
-    """{hub id or path: the config key(s) naming it} for models imported from outside."""
-    keys = {
-        "corpus_lm.pretrained": config["corpus_lm"]["pretrained"],
-        "overspecification.base_model": config["overspecification"]["base_model"],
-        "scale.model": config["scale"]["model"],
-    }
-    sources = {}
-    for key, name in keys.items():
-        if name and name != "corpus_lm":
-            sources[name] = " / ".join(filter(None, [sources.get(name), key]))
-    return sources
-
-
-def pretrained_source(model):
-    """(name, config key) of the imported model whose folder is `model`."""
-    return next((n, k) for n, k in pretrained_sources().items() if slug(n) == model)
-
-
-def memorization_model(variant, seed):
-    return f"memorization-{variant}-seed{seed}"
-
-
-def overspec_model(seed):
-    return f"overspec-seed{seed}"
+def point_scale(model, step):
+    """What findings report of a scale point besides its model's own config."""
+    if model.startswith("corpus_lm/"):
+        train = config["corpus_lm"]["train"]
+        tokens_seen = int(step) * train["batch_size"] * config["corpus"]["block_size"]
+        return {"model": model, "step": int(step), "train_tokens": tokens_seen}
+    return {"model": model, "step": None, "train_tokens": None}
 
 
 def scale_tokenizer():
-    """The tokenizer of the Figure 3 model: the workflow's, or the imported model's."""
+    """The tokenizer of the Figure 3 model: the workflow's, or the imported model's own."""
     name = config["scale"]["model"]
-    if name == "corpus_lm" and not config["corpus_lm"]["pretrained"]:
+    model, step = base_model(name)
+    if model.startswith("corpus_lm/"):
         return f"{R}/data/tokenizer"
-    return model_dir(*base_model(name))
+    return model_dir(model, step)
+
+
+# ---------------------------------------------------------------- training runs
 
 
 def train_params(section):
@@ -115,28 +155,42 @@ def ckpt_dirs(model, section):
     return [directory(model_dir(model, s)) for s in steps]
 
 
-def corpus_knn(evalset):
-    return knn_file(*corpus_lm(), "corpus_train", evalset)
+def memorization_model(shape, variant, seed):
+    return f"memorization/{shape}/{variant}/seed-{seed}"
 
 
-def run_of(model):
-    """(steps, datastore data, variant, seed, with kNN-LM) of a Macondo run."""
-    if model.startswith("memorization-"):
-        _, variant, seed = model.split("-")
-        steps = config["memorization"]["train"]["checkpoints"]
-        with_knn = variant in config["memorization"]["knn_variants"]
-        return sorted(steps), "macondo_v1", variant, int(seed[4:]), with_knn
-    _, seed = model.split("-")
-    steps = config["overspecification"]["train"]["checkpoints"]
-    return sorted(steps), "macondo_v2", "full", int(seed[4:]), True
+def overspecification_model(seed):
+    return f"overspecification/seed-{seed}"
 
 
-def children_inputs(w):
-    """kNN search results at every checkpoint, or just the checkpoints (LM only)."""
-    steps, data, _, _, with_knn = run_of(w.model)
-    if with_knn:
-        return {"found": [knn_file(w.model, s, data, "prompts_v1") for s in steps]}
-    return {"models": [model_dir(w.model, s) for s in steps]}
+def run_checkpoints(model, section):
+    return [
+        model_dir(model, s) for s in sorted(config[section]["train"]["checkpoints"])
+    ]
+
+
+def knn_settings():
+    """Exactly the kNN settings a Macondo run's search reads (not lambda or T)."""
+    keys = (
+        "k",
+        "key",
+        "batch_tokens",
+        "exact_max_keys",
+        "exact_index",
+        "approximate_index",
+        "index_train_sample",
+        "nprobe",
+        "rerank",
+    )
+    return {k: config["knn"][k] for k in keys}
+
+
+def index_settings():
+    keys = ("exact_max_keys", "exact_index", "approximate_index", "index_train_sample")
+    return {k: config["knn"][k] for k in keys}
+
+
+# ---------------------------------------------------------------- resources
 
 
 def res(kind):
@@ -153,11 +207,15 @@ def threads(kind):
 
 
 def all_targets():
+    figure1 = [
+        f"{R}/figure1/{s['name']}/figure1.png" for s in config["memorization"]["shapes"]
+    ]
+    table1 = [f"{table1_dir(m, s)}/table1.md" for m, s in corpus_points()]
     return [
-        f"{R}/table1/table1.md",
-        f"{R}/table1/projection_traces.png",
-        f"{R}/table1/grid.png",
-        f"{R}/figures/figure1.png",
-        f"{R}/figures/figure2.png",
-        f"{R}/figures/figure3.png",
+        *table1,
+        *figure1,
+        f"{R}/figure2/figure2.png",
+        f"{R}/figure3/figure3.png",
+        f"{R}/findings.md",
+        f"{R}/findings_by_scale.png",
     ]

@@ -1,4 +1,6 @@
-# Corpus stage: WikiText splits as text, then as token blocks.
+# Corpus stage: WikiText splits (hub, local files or synthetic text) as text, then
+# as token streams. Blocks (training) and sliding windows (evaluation, datastore)
+# are cut from the streams by the jobs that read them.
 
 
 rule corpus:
@@ -19,6 +21,7 @@ rule corpus:
         hub_id=config["corpus"]["hub_id"],
         hub_config=config["corpus"]["hub_config"],
         local_files=canon(config["corpus"]["local_files"]),
+        synthetic=canon(config["corpus"]["synthetic"]),
         base_dir=workflow.basedir,
     script:
         "../scripts/corpus.py"

@@ -1,16 +1,18 @@
-# Datastore stage: kNN keys and next-token values of a token set under a checkpoint.
+# Datastore stage: kNN keys and next-token values of the corpus training split
+# under a corpus LM (sliding windows: each position once). Macondo's small
+# datastores are built inside their run's evaluation job (memorization.smk).
 
 
 rule datastore:
     input:
         model=f"{R}/models/{{model}}/step-{{step}}",
-        examples=tokens("{data}"),
+        examples=tokens("corpus_train"),
     output:
-        **datastore("{model}", "{step}", "{data}"),
+        **datastore("{model}", "{step}"),
     log:
-        f"{LOGS}/datastore/{{model}}/step-{{step}}/{{data}}.log",
+        f"{LOGS}/datastore/{{model}}/step-{{step}}.log",
     benchmark:
-        f"{BENCH}/datastore/{{model}}/step-{{step}}/{{data}}.tsv"
+        f"{BENCH}/datastore/{{model}}/step-{{step}}.tsv"
     conda:
         ENV
     threads: threads("embed")
@@ -19,5 +21,7 @@ rule datastore:
     params:
         key=config["knn"]["key"],
         batch_tokens=config["knn"]["batch_tokens"],
+        block_size=config["corpus"]["block_size"],
+        stride=config["corpus"]["stride"],
     script:
         "../scripts/datastore.py"

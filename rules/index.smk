@@ -1,22 +1,22 @@
-# Index stage: a FAISS index over a datastore's keys.
+# Index stage: how a corpus datastore is searched, chosen by its size: exact
+# below knn.exact_max_keys (no index for `exact`), else the approximate FAISS factory.
 
 
 rule index:
     input:
-        key_file=datastore("{model}", "{step}", "{data}")["key_file"],
+        key_file=datastore("{model}", "{step}")["key_file"],
     output:
-        index_file("{model}", "{step}", "{data}"),
+        directory(index_dir("{model}", "{step}")),
     log:
-        f"{LOGS}/index/{{model}}/step-{{step}}/{{data}}.log",
+        f"{LOGS}/index/{{model}}/step-{{step}}.log",
     benchmark:
-        f"{BENCH}/index/{{model}}/step-{{step}}/{{data}}.tsv"
+        f"{BENCH}/index/{{model}}/step-{{step}}.tsv"
     conda:
         ENV
     threads: threads("index")
     resources:
         **res("index"),
     params:
-        factory=config["knn"]["index"],
-        train_sample=config["knn"]["index_train_sample"],
+        settings=index_settings(),
     script:
         "../scripts/index.py"

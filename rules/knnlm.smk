@@ -1,19 +1,22 @@
-# kNN-LM stage: LM log-probs and each scored position's k neighbours. The
-# interpolation (lambda, T) is applied downstream, so changing it reruns no search.
+# kNN-LM stage: LM log-probs and each scored position's k neighbours in the
+# corpus datastore, for the validation and test splits (one job: one model load).
+# The interpolation (lambda, T) is applied downstream, so changing it reruns no search.
 
 
 rule knn_search:
     input:
+        **datastore("{model}", "{step}"),
         model=f"{R}/models/{{model}}/step-{{step}}",
-        index=index_file("{model}", "{step}", "{data}"),
-        value_file=datastore("{model}", "{step}", "{data}")["value_file"],
-        examples=tokens("{evalset}"),
+        index=index_dir("{model}", "{step}"),
+        valid=tokens("corpus_valid"),
+        test=tokens("corpus_test"),
     output:
-        knn_file("{model}", "{step}", "{data}", "{evalset}"),
+        valid=knn_file("{model}", "{step}", "valid"),
+        test=knn_file("{model}", "{step}", "test"),
     log:
-        f"{LOGS}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.log",
+        f"{LOGS}/knn/{{model}}/step-{{step}}.log",
     benchmark:
-        f"{BENCH}/knn/{{model}}/step-{{step}}/{{data}}/{{evalset}}.tsv"
+        f"{BENCH}/knn/{{model}}/step-{{step}}.tsv"
     conda:
         ENV
     threads: threads("embed")
@@ -23,6 +26,9 @@ rule knn_search:
         k=config["knn"]["k"],
         key=config["knn"]["key"],
         nprobe=config["knn"]["nprobe"],
+        rerank=config["knn"]["rerank"],
         batch_tokens=config["knn"]["batch_tokens"],
+        block_size=config["corpus"]["block_size"],
+        stride=config["corpus"]["stride"],
     script:
         "../scripts/knn_search.py"

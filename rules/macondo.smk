@@ -1,4 +1,5 @@
-# Macondo stage: synthetic villages v1/v2 (paper sections 4-5), then tokens.
+# Macondo stage: synthetic villages v1/v2 (paper sections 4-5), as readable files
+# and as token examples; and the chat turns of Figure 3 in the chat model's format.
 
 MACONDO = f"{R}/data/macondo"
 
@@ -12,7 +13,10 @@ rule macondo:
         prompts=f"{MACONDO}/prompts_v1.csv",
         v1=f"{MACONDO}/v1_train.txt",
         v2=f"{MACONDO}/v2_train.txt",
-        chat=f"{MACONDO}/chat_v2_train.txt",
+        chat=f"{MACONDO}/chat_v2_train.csv",
+        v1_tokens=tokens("macondo_v1"),
+        v2_tokens=tokens("macondo_v2"),
+        prompt_tokens=tokens("prompts_v1"),
     log:
         f"{LOGS}/macondo.log",
     benchmark:
@@ -26,29 +30,6 @@ rule macondo:
         settings=canon(config["macondo"]),
     script:
         "../scripts/macondo.py"
-
-
-rule macondo_tokens:
-    input:
-        tokenizer=f"{R}/data/tokenizer",
-        v1=rules.macondo.output.v1,
-        v2=rules.macondo.output.v2,
-        prompts=rules.macondo.output.prompts,
-    output:
-        v1=tokens("macondo_v1"),
-        v2=tokens("macondo_v2"),
-        prompts=tokens("prompts_v1"),
-    log:
-        f"{LOGS}/macondo_tokens.log",
-    benchmark:
-        f"{BENCH}/macondo_tokens.tsv"
-    conda:
-        ENV
-    threads: 1
-    resources:
-        **res("small"),
-    script:
-        "../scripts/macondo_tokens.py"
 
 
 rule chat_tokens:

@@ -1,33 +1,37 @@
 # Figure 1 (paper section 4): children log-likelihood on Macondo v1 at every
-# checkpoint, with and without the last MLP, and the kNN-LM over v1.
+# checkpoint of models trained from scratch, with and without the last MLP, and
+# the kNN-LM whose datastore holds the v1 sentences under the same checkpoint.
+# One evaluation job per run (all its checkpoints: small datastores, searched in
+# memory); lambda and T are applied by the figure.
 
 
-rule children_loglik:
+rule memorization_eval:
     input:
-        unpack(children_inputs),
-        prompts=rules.macondo.output.prompts,
-        examples=tokens("prompts_v1"),
+        checkpoints=lambda w: run_checkpoints(
+            memorization_model(w.shape, w.variant, w.seed), "memorization"
+        ),
+        prompts=tokens("prompts_v1"),
+        sentences=tokens("macondo_v1"),
     output:
-        f"{R}/children/{{model}}.csv",
+        f"{R}/children/memorization/{{shape}}/{{variant}}/seed-{{seed}}.npz",
     log:
-        f"{LOGS}/children/{{model}}.log",
+        f"{LOGS}/children/memorization/{{shape}}/{{variant}}/seed-{{seed}}.log",
     benchmark:
-        f"{BENCH}/children/{{model}}.tsv"
-    wildcard_constraints:
-        model=r"(memorization-(full|no_last_mlp)|overspec)-seed-?\d+",
+        f"{BENCH}/children/memorization/{{shape}}/{{variant}}/seed-{{seed}}.tsv"
+    group:
+        "memorization_run"
     conda:
         ENV
-    threads: 1
+    threads: threads("embed")
     resources:
-        **res("small"),
+        **res("embed"),
     params:
-        steps=lambda w: sorted(run_of(w.model)[0]),
-        variant=lambda w: run_of(w.model)[2],
-        seed=lambda w: run_of(w.model)[3],
-        # only runs with a kNN-LM read (lambda, T): LM-only runs ignore them
-        lam=lambda w: config["knn"]["lambda"] if run_of(w.model)[4] else None,
-        temperature=lambda w: (
-            config["knn"]["temperature"] if run_of(w.model)[4] else None
+        steps=sorted(config["memorization"]["train"]["checkpoints"]),
+        # LM-only runs (variants without a kNN-LM) read no kNN setting
+        knn=lambda w: (
+            knn_settings()
+            if w.variant in config["memorization"]["knn_variants"]
+            else None
         ),
     script:
         "../scripts/children.py"
@@ -35,28 +39,29 @@ rule children_loglik:
 
 rule figure1:
     input:
-        expand(
-            f"{R}/children/memorization-{{variant}}-seed{{seed}}.csv",
+        runs=lambda w: expand(
+            f"{R}/children/memorization/{w.shape}/{{variant}}/seed-{{seed}}.npz",
             variant=config["memorization"]["variants"],
             seed=config["memorization"]["seeds"],
         ),
+        prompts=rules.macondo.output.prompts,
     output:
         png=report(
-            f"{R}/figures/figure1.png",
+            f"{R}/figure1/{{shape}}/figure1.png",
             caption="../report/figure1.rst",
             category="Figure 1",
         ),
-        pdf=f"{R}/figures/figure1.pdf",
+        pdf=f"{R}/figure1/{{shape}}/figure1.pdf",
         csv=report(
-            f"{R}/figures/figure1.csv",
+            f"{R}/figure1/{{shape}}/figure1.csv",
             caption="../report/figure1.rst",
             category="Figure 1",
         ),
-        rows=f"{R}/figures/figure1_children.csv",
+        rows=f"{R}/figure1/{{shape}}/children.csv",
     log:
-        f"{LOGS}/figures/figure1.log",
+        f"{LOGS}/figure1/{{shape}}.log",
     benchmark:
-        f"{BENCH}/figures/figure1.tsv"
+        f"{BENCH}/figure1/{{shape}}.tsv"
     conda:
         ENV
     threads: 1
@@ -64,5 +69,14 @@ rule figure1:
         **res("small"),
     params:
         figure="figure1",
+        runs=lambda w: [
+            {"variant": v, "seed": s}
+            for v in config["memorization"]["variants"]
+            for s in config["memorization"]["seeds"]
+        ],
+        steps=sorted(config["memorization"]["train"]["checkpoints"]),
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
+        title=lambda w: f"{w.shape} ",
     script:
         "../scripts/children_figure.py"

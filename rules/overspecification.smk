@@ -1,30 +1,59 @@
 # Figure 2 (paper section 5): fine-tune on Macondo v2, test on v1 prompts; the
-# kNN-LM's datastore holds the v2 sentences under each checkpoint.
+# kNN-LM's datastore holds the v2 sentences under each checkpoint. One
+# evaluation job per run, as for Figure 1.
+
+
+rule overspecification_eval:
+    input:
+        checkpoints=lambda w: run_checkpoints(
+            overspecification_model(w.seed), "overspecification"
+        ),
+        prompts=tokens("prompts_v1"),
+        sentences=tokens("macondo_v2"),
+    output:
+        f"{R}/children/overspecification/seed-{{seed}}.npz",
+    log:
+        f"{LOGS}/children/overspecification/seed-{{seed}}.log",
+    benchmark:
+        f"{BENCH}/children/overspecification/seed-{{seed}}.tsv"
+    group:
+        "overspecification_run"
+    conda:
+        ENV
+    threads: threads("embed")
+    resources:
+        **res("embed"),
+    params:
+        steps=sorted(config["overspecification"]["train"]["checkpoints"]),
+        knn=knn_settings(),
+    script:
+        "../scripts/children.py"
 
 
 rule figure2:
     input:
-        expand(
-            f"{R}/children/{{model}}.csv",
-            model=[overspec_model(s) for s in config["overspecification"]["seeds"]],
+        runs=expand(
+            f"{R}/children/overspecification/seed-{{seed}}.npz",
+            seed=config["overspecification"]["seeds"],
         ),
+        prompts=rules.macondo.output.prompts,
     output:
         png=report(
-            f"{R}/figures/figure2.png",
+            f"{R}/figure2/figure2.png",
             caption="../report/figure2.rst",
             category="Figure 2",
         ),
-        pdf=f"{R}/figures/figure2.pdf",
+        pdf=f"{R}/figure2/figure2.pdf",
         csv=report(
-            f"{R}/figures/figure2.csv",
+            f"{R}/figure2/figure2.csv",
             caption="../report/figure2.rst",
             category="Figure 2",
         ),
-        rows=f"{R}/figures/figure2_children.csv",
+        rows=f"{R}/figure2/children.csv",
     log:
-        f"{LOGS}/figures/figure2.log",
+        f"{LOGS}/figure2.log",
     benchmark:
-        f"{BENCH}/figures/figure2.tsv"
+        f"{BENCH}/figure2.tsv"
     conda:
         ENV
     threads: 1
@@ -32,5 +61,13 @@ rule figure2:
         **res("small"),
     params:
         figure="figure2",
+        runs=[
+            {"variant": "full", "seed": s}
+            for s in config["overspecification"]["seeds"]
+        ],
+        steps=sorted(config["overspecification"]["train"]["checkpoints"]),
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
+        title=f"of {config['overspecification']['base_model']}",
     script:
         "../scripts/children_figure.py"

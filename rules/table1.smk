@@ -1,21 +1,22 @@
-# Table 1 (paper section 3): LM vs kNN-LM perplexity on the corpus, and the
-# projection of p_knnlm onto f and f∘g (softmax bottleneck vs MLP hurdle).
+# Table 1 (paper section 3), at every corpus LM scale point: LM vs kNN-LM
+# perplexity, and the projection of p_knnlm onto f and f∘g (softmax bottleneck
+# vs MLP hurdle), with the claims read off it (findings with 95% intervals).
+
+T1 = f"{R}/table1/{{model}}/step-{{step}}"
+# the validation grid feeds the projection only when it defines p_knnlm
+TUNED = config["table1"]["projection"]["setting"] == "tuned"
 
 
 rule knnlm_grid:
     input:
-        corpus_knn("corpus_valid"),
+        knn_file("{model}", "{step}", "valid"),
     output:
-        csv=report(
-            f"{R}/table1/grid.csv", caption="../report/grid.rst", category="Table 1"
-        ),
-        png=report(
-            f"{R}/table1/grid.png", caption="../report/grid.rst", category="Table 1"
-        ),
+        csv=report(f"{T1}/grid.csv", caption="../report/grid.rst", category="Table 1"),
+        png=report(f"{T1}/grid.png", caption="../report/grid.rst", category="Table 1"),
     log:
-        f"{LOGS}/table1/grid.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/grid.log",
     benchmark:
-        f"{BENCH}/table1/grid.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/grid.tsv"
     conda:
         ENV
     threads: 1
@@ -30,22 +31,23 @@ rule knnlm_grid:
 
 rule projection:
     input:
-        model=model_dir(*corpus_lm()),
+        **({"grid": f"{T1}/grid.csv"} if TUNED else {}),
+        model=f"{R}/models/{{model}}/step-{{step}}",
         examples=tokens("corpus_test"),
-        found=corpus_knn("corpus_test"),
-        grid=rules.knnlm_grid.output.csv,
+        found=knn_file("{model}", "{step}", "test"),
     output:
-        tokens=f"{R}/table1/projection_tokens.csv",
-        traces=f"{R}/table1/projection_traces.csv",
+        tokens=f"{T1}/projection_tokens.csv",
+        traces=f"{T1}/projection_traces.csv",
+        summary=f"{T1}/projection_summary.csv",
         png=report(
-            f"{R}/table1/projection_traces.png",
+            f"{T1}/projection_traces.png",
             caption="../report/projection.rst",
             category="Table 1",
         ),
     log:
-        f"{LOGS}/table1/projection.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/projection.log",
     benchmark:
-        f"{BENCH}/table1/projection.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/projection.tsv"
     conda:
         ENV
     threads: threads("embed")
@@ -55,27 +57,30 @@ rule projection:
         settings=canon(config["table1"]["projection"]),
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
+        block_size=config["corpus"]["block_size"],
+        stride=config["corpus"]["stride"],
     script:
         "../scripts/projection.py"
 
 
 rule table1:
     input:
-        found=corpus_knn("corpus_test"),
-        grid=rules.knnlm_grid.output.csv,
-        projection=rules.projection.output.tokens,
-        key_file=datastore(*corpus_lm(), "corpus_train")["key_file"],
+        model=f"{R}/models/{{model}}/step-{{step}}",
+        found=knn_file("{model}", "{step}", "test"),
+        grid=f"{T1}/grid.csv",
+        projection=f"{T1}/projection_tokens.csv",
+        summary=f"{T1}/projection_summary.csv",
+        key_file=datastore("{model}", "{step}")["key_file"],
     output:
         csv=report(
-            f"{R}/table1/table1.csv",
-            caption="../report/table1.rst",
-            category="Table 1",
+            f"{T1}/table1.csv", caption="../report/table1.rst", category="Table 1"
         ),
-        md=f"{R}/table1/table1.md",
+        md=f"{T1}/table1.md",
+        findings=f"{T1}/findings.csv",
     log:
-        f"{LOGS}/table1/table1.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/table1.log",
     benchmark:
-        f"{BENCH}/table1/table1.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/table1.tsv"
     conda:
         ENV
     threads: 1
@@ -86,5 +91,7 @@ rule table1:
         temperature=config["knn"]["temperature"],
         k=config["knn"]["k"],
         setting=config["table1"]["projection"]["setting"],
+        scale=lambda w: point_scale(w.model, w.step),
+        bootstrap=canon(config["findings"]),
     script:
         "../scripts/table1.py"

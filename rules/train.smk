@@ -3,52 +3,53 @@
 
 
 rule import_pretrained:
+    input:
+        tokenizer=f"{R}/data/tokenizer",
     output:
-        directory(f"{R}/models/{{model}}/step-0"),
+        directory(f"{R}/models/pretrained/{{name}}/step-0"),
     log:
-        f"{LOGS}/import/{{model}}.log",
+        f"{LOGS}/import/{{name}}.log",
     benchmark:
-        f"{BENCH}/import/{{model}}.tsv"
-    wildcard_constraints:
-        model=r"hub-[A-Za-z0-9_.=+-]+",
+        f"{BENCH}/import/{{name}}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: threads("embed")
     resources:
-        **res("small"),
+        **res("embed"),
     params:
-        name=lambda w: pretrained_source(w.model)[0],
-        config_key=lambda w: pretrained_source(w.model)[1],
+        source=lambda w: imported_models()[w.name][0],
+        config_key=lambda w: imported_models()[w.name][1],
+        # Figure 3's chat model reads its own token files; every other model reads the workflow's
+        reads_workflow_tokens=lambda w: imported_models()[w.name][1] != "scale.model",
     script:
         "../scripts/import_pretrained.py"
 
 
-if not config["corpus_lm"]["pretrained"]:
-
-    rule train_corpus_lm:
-        input:
-            examples=tokens("corpus_train"),
-            tokenizer=f"{R}/data/tokenizer",
-        output:
-            ckpt_dirs("corpus_lm", "corpus_lm"),
-        log:
-            f"{LOGS}/train/corpus_lm.log",
-        benchmark:
-            f"{BENCH}/train/corpus_lm.tsv"
-        conda:
-            ENV
-        threads: threads("train")
-        resources:
-            **res("train"),
-        params:
-            train=train_params("corpus_lm"),
-            shape=canon(config["corpus_lm"]["shape"]),
-            seed=config["corpus_lm"]["seed"],
-            n_positions=config["corpus"]["block_size"],
-            drop_last_mlp=False,
-            work_dir=f"{R}/models/corpus_lm/.work",
-        script:
-            "../scripts/train.py"
+rule train_corpus_lm:
+    input:
+        examples=tokens("corpus_train"),
+        tokenizer=f"{R}/data/tokenizer",
+    output:
+        ckpt_dirs("corpus_lm/{shape}", "corpus_lm"),
+    log:
+        f"{LOGS}/train/corpus_lm/{{shape}}.log",
+    benchmark:
+        f"{BENCH}/train/corpus_lm/{{shape}}.tsv"
+    conda:
+        ENV
+    threads: threads("train")
+    resources:
+        **res("train"),
+    params:
+        train=train_params("corpus_lm"),
+        shape=lambda w: canon(shape_of("corpus_lm", w.shape)),
+        seed=config["corpus_lm"]["seed"],
+        block_size=config["corpus"]["block_size"],
+        n_positions=config["corpus"]["block_size"],
+        drop_last_mlp=False,
+        work_dir=lambda w: f"{R}/models/corpus_lm/{w.shape}/.work",
+    script:
+        "../scripts/train.py"
 
 
 rule train_memorization:
@@ -56,11 +57,13 @@ rule train_memorization:
         examples=tokens("macondo_v1"),
         tokenizer=f"{R}/data/tokenizer",
     output:
-        ckpt_dirs(memorization_model("{variant}", "{seed}"), "memorization"),
+        ckpt_dirs(memorization_model("{shape}", "{variant}", "{seed}"), "memorization"),
     log:
-        f"{LOGS}/train/memorization-{{variant}}-seed{{seed}}.log",
+        f"{LOGS}/train/memorization/{{shape}}/{{variant}}/seed-{{seed}}.log",
     benchmark:
-        f"{BENCH}/train/memorization-{{variant}}-seed{{seed}}.tsv"
+        f"{BENCH}/train/memorization/{{shape}}/{{variant}}/seed-{{seed}}.tsv"
+    group:
+        "memorization_run"
     conda:
         ENV
     threads: threads("train")
@@ -68,11 +71,12 @@ rule train_memorization:
         **res("train"),
     params:
         train=train_params("memorization"),
-        shape=canon(config["memorization"]["shape"]),
+        shape=lambda w: canon(shape_of("memorization", w.shape)),
         seed=lambda w: int(w.seed),
+        block_size=None,
         n_positions=64,
         drop_last_mlp=lambda w: w.variant == "no_last_mlp",
-        work_dir=lambda w: f"{R}/models/{memorization_model(w.variant, w.seed)}/.work",
+        work_dir=lambda w: f"{R}/models/{memorization_model(w.shape, w.variant, w.seed)}/.work",
     script:
         "../scripts/train.py"
 
@@ -82,11 +86,13 @@ rule train_overspecification:
         examples=tokens("macondo_v2"),
         init=model_dir(*base_model(config["overspecification"]["base_model"])),
     output:
-        ckpt_dirs(overspec_model("{seed}"), "overspecification"),
+        ckpt_dirs(overspecification_model("{seed}"), "overspecification"),
     log:
-        f"{LOGS}/train/overspec-seed{{seed}}.log",
+        f"{LOGS}/train/overspecification/seed-{{seed}}.log",
     benchmark:
-        f"{BENCH}/train/overspec-seed{{seed}}.tsv"
+        f"{BENCH}/train/overspecification/seed-{{seed}}.tsv"
+    group:
+        "overspecification_run"
     conda:
         ENV
     threads: threads("train")
@@ -95,9 +101,9 @@ rule train_overspecification:
     params:
         train=train_params("overspecification"),
         seed=lambda w: int(w.seed),
-        work_dir=lambda w: f"{R}/models/{overspec_model(w.seed)}/.work",
+        work_dir=lambda w: f"{R}/models/{overspecification_model(w.seed)}/.work",
     script:
-        "../scripts/train.py"
+        "../scripts/finetune.py"
 
 
 rule train_scale:
@@ -120,4 +126,4 @@ rule train_scale:
         seed=config["scale"]["seed"],
         work_dir=f"{R}/models/chat/.work",
     script:
-        "../scripts/train.py"
+        "../scripts/finetune.py"

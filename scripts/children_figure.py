@@ -1,11 +1,18 @@
+# Figure 1 or 2: children log-likelihood tables of every run (lambda, T applied here), the figure.
 import pandas as pd
 
-from knnlm_limits import figures, io
+from knnlm_limits import children, figures, io
 from knnlm_limits.snake import logged
 
 with logged(snakemake) as log:
-    table = pd.concat([pd.read_csv(path) for path in snakemake.input], ignore_index=True)
-    fig, summary = getattr(figures, snakemake.params.figure)(table)
+    p = snakemake.params
+    prompts = pd.read_csv(snakemake.input.prompts)
+    tables = []
+    for path, run in zip(snakemake.input.runs, p.runs):
+        table = children.run_table(io.load_npz(path), p.steps, prompts, p.lam, p.temperature)
+        tables.append(table.assign(seed=run["seed"], variant=run["variant"]))
+    table = pd.concat(tables, ignore_index=True)
+    fig, summary = getattr(figures, p.figure)(table, p.title)
     io.save_figure(fig, snakemake.output.png, snakemake.output.pdf)
     io.write_csv(snakemake.output.csv, summary)
     io.write_csv(snakemake.output.rows, table)

@@ -1,11 +1,11 @@
 from knnlm_limits import datastore, model
 from knnlm_limits.snake import logged
-from knnlm_limits.tokens import Examples
+from knnlm_limits.tokens import load_stream, windows
 
 with logged(snakemake) as log:
+    p = snakemake.params
     lm = model.load_lm(snakemake.input.model)
-    n = datastore.build(
-        lm, Examples.load(snakemake.input.examples), snakemake.output.key_file, snakemake.output.value_file,
-        key=snakemake.params.key, batch_tokens=snakemake.params.batch_tokens, log=log,
-    )
+    examples = windows(load_stream(snakemake.input.examples), p.block_size, p.stride)
+    n = datastore.build(lm, examples, snakemake.output.key_file, snakemake.output.value_file,
+                        key=p.key, batch_tokens=p.batch_tokens, log=log)
     print(f"{n} entries", file=log)

@@ -1,10 +1,9 @@
+import faiss
+
 from knnlm_limits import index
 from knnlm_limits.snake import logged
 
 with logged(snakemake) as log:
-    import faiss
-
     faiss.omp_set_num_threads(snakemake.threads)
-    built = index.build(snakemake.input.key_file, snakemake.params.factory, snakemake.params.train_sample, log=log)
-    index.write(built, snakemake.output[0])
-    print(f"{built.ntotal} keys in a {snakemake.params.factory} index", file=log)
+    manifest = index.write(snakemake.output[0], snakemake.input.key_file, snakemake.params.settings, log=log)
+    print(f"{manifest['keys']} keys: {manifest['kind']} (exact up to {manifest['exact_max_keys']} keys)", file=log)

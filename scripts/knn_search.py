@@ -1,18 +1,19 @@
+import faiss
 import numpy as np
 
-from knnlm_limits import index, io, knnlm, model
+from knnlm_limits import io, knnlm, model
+from knnlm_limits.index import Searcher
 from knnlm_limits.snake import logged
-from knnlm_limits.tokens import Examples
+from knnlm_limits.tokens import load_stream, windows
 
 with logged(snakemake) as log:
-    import faiss
-
     faiss.omp_set_num_threads(snakemake.threads)
-    p = snakemake.params
-    found = knnlm.evaluate(
-        model.load_lm(snakemake.input.model), index.read(snakemake.input.index, p.nprobe),
-        np.load(snakemake.input.value_file, mmap_mode="r"), Examples.load(snakemake.input.examples),
-        k=p.k, key=p.key, batch_tokens=p.batch_tokens, log=log,
-    )
-    io.save_npz(snakemake.output[0], **found)
-    print(f"{len(found['targets'])} positions searched", file=log)
+    p, inp = snakemake.params, snakemake.input
+    lm = model.load_lm(inp.model)
+    searcher = Searcher.open(inp.index, inp.key_file, {"nprobe": p.nprobe, "rerank": p.rerank})
+    values = np.load(inp.value_file, mmap_mode="r")
+    for split in ("valid", "test"):
+        examples = windows(load_stream(inp[split]), p.block_size, p.stride)
+        found = knnlm.evaluate(lm, searcher, values, examples, k=p.k, key=p.key, batch_tokens=p.batch_tokens, log=log)
+        io.save_npz(snakemake.output[split], **found)
+        print(f"{split}: {len(found['targets'])} positions searched ({searcher.kind})", file=log)

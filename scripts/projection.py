@@ -1,20 +1,21 @@
 import pandas as pd
 
-from knnlm_limits import figures, io, model, projection
+from knnlm_limits import figures, io, knnlm, model, projection
 from knnlm_limits.snake import logged
-from knnlm_limits.tokens import Examples
+from knnlm_limits.tokens import load_stream, windows
 
 with logged(snakemake) as log:
-    p = snakemake.params
+    p, out = snakemake.params, snakemake.output
     lam, temperature = p.lam, p.temperature
     if p.settings["setting"] == "tuned":
-        best = pd.read_csv(snakemake.input.grid).sort_values("perplexity").iloc[0]
-        lam, temperature = float(best["lambda"]), float(best["temperature"])
-    per_token, traces = projection.run(
-        model.load_lm(snakemake.input.model), Examples.load(snakemake.input.examples),
+        lam, temperature = knnlm.tuned_setting(pd.read_csv(snakemake.input.grid))
+    per_token, traces, summary = projection.run(
+        model.load_lm(snakemake.input.model), windows(load_stream(snakemake.input.examples), p.block_size, p.stride),
         io.load_npz(snakemake.input.found), lam, temperature, p.settings, log=log,
     )
     per_token["lambda"], per_token["temperature"] = lam, temperature
-    io.write_csv(snakemake.output.tokens, per_token)
-    io.write_csv(snakemake.output.traces, traces)
-    io.save_figure(figures.projection_traces(traces), snakemake.output.png)
+    io.write_csv(out.tokens, per_token)
+    io.write_csv(out.traces, traces)
+    io.write_csv(out.summary, summary)
+    io.save_figure(figures.projection_traces(traces, summary), out.png)
+    print(summary.to_string(index=False), file=log)

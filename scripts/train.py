@@ -1,19 +1,19 @@
-from knnlm_limits import model, train
+# Train a model from random weights: the corpus LM (on blocks of the corpus stream)
+# or a Figure 1 model (on Macondo sentences).
+from knnlm_limits import model, tokenizer, train
 from knnlm_limits.snake import logged
-from knnlm_limits.tokens import Examples
+from knnlm_limits.tokens import Examples, blocks, load_stream
 
 with logged(snakemake) as log:
     p = snakemake.params
-    settings = train.TrainSettings(**p.train, seed=p.seed)
-    if "init" in snakemake.input.keys():
-        lm = model.load_lm(snakemake.input.init)
+    if p.block_size:
+        examples = blocks(load_stream(snakemake.input.examples), p.block_size)
     else:
-        from knnlm_limits import tokenizer
-
-        tok = tokenizer.load(snakemake.input.tokenizer)
-        lm = model.build_gpt2(
-            vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
-            eos_token_id=tok.eos_token_id, seed=p.seed, **p.shape,
-        ).to(model.best_device())
+        examples = Examples.load(snakemake.input.examples)
+    tok = tokenizer.load(snakemake.input.tokenizer)
+    shape = {k: v for k, v in p.shape.items() if k != "name"}
+    lm = model.build_model(vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
+                           eos_token_id=tok.eos_token_id, seed=p.seed, **shape).to(model.best_device())
+    settings = train.TrainSettings(**p.train, seed=p.seed)
     out_dirs = {int(d.rsplit("step-", 1)[1]): d for d in snakemake.output}
-    train.train(lm, Examples.load(snakemake.input.examples), settings, out_dirs, p.work_dir, log=log)
+    train.train(lm, examples, settings, out_dirs, p.work_dir, log=log)

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, needs_wikitext, planned_jobs, snakemake
-
-pytestmark = needs_wikitext
+from tests.support import ROOT, planned_jobs, snakemake
 
 TINY = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
 
@@ -30,25 +28,29 @@ def test_nothing_changed_plans_nothing(tiny_runs, tmp_path):
 
 def test_lambda_reruns_only_interpolation_and_downstream(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "lambda": 0.5}})
-    assert set(jobs) == {"children_loglik", "projection", "table1", "figure1", "figure2", "all"}
+    # the figures apply (lambda, T) to the stored neighbours: no model runs again
+    assert set(jobs) == {"projection", "table1", "figure1", "figure2", "findings", "all"}
 
 
-def test_index_factory_reruns_index_and_downstream_not_embedding(tiny_runs, tmp_path):
-    jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "index": "Flat"}})
-    assert {"index", "knn_search", "table1", "figure1", "figure2"} <= set(jobs)
-    assert not {"datastore", "train_corpus_lm", "train_memorization", "train_overspecification",
-                "train_scale", "corpus_tokens", "tokenizer", "macondo", "chat_loglik", "figure3"} & set(jobs)
-    # one index per datastore: corpus LM + full-variant memorization checkpoints + overspec checkpoints
-    assert jobs["index"] == 1 + 2 + 2
+def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_path):
+    jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "exact_index": "Flat"}})
+    # Macondo's small datastores are searched inside their run's evaluation job (one per run,
+    # with a kNN-LM: memorization full seed 0, overspecification seed 0)
+    assert jobs == {"index": 1, "knn_search": 1, "memorization_eval": 1, "overspecification_eval": 1, "knnlm_grid": 1,
+                    "projection": 1, "table1": 1, "figure1": 1, "figure2": 1, "findings": 1, "all": 1}
 
 
 def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
     mem = {**TINY["memorization"], "seeds": [0, 1]}
     jobs = plan(tiny_runs[0], tmp_path, {"memorization": mem})
-    assert jobs["train_memorization"] == 2  # full and no_last_mlp, seed 1 only
-    assert jobs["datastore"] == jobs["index"] == jobs["knn_search"] == 2  # full variant, steps 0 and 10
-    assert jobs["children_loglik"] == 2
-    assert set(jobs) == {"train_memorization", "datastore", "index", "knn_search", "children_loglik", "figure1", "all"}
+    # full and no_last_mlp of seed 1: a training and an evaluation job each
+    assert jobs == {"train_memorization": 2, "memorization_eval": 2, "figure1": 1, "findings": 1, "all": 1}
+
+
+def test_stride_reruns_the_corpus_evaluation_not_training(tiny_runs, tmp_path):
+    jobs = plan(tiny_runs[0], tmp_path, {"corpus": {**TINY["corpus"], "stride": 32}})
+    assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
+                    "findings": 1, "all": 1}
 
 
 def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
@@ -61,5 +63,5 @@ def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
         # Snakemake judges scripts by modification time: restore it with the text
         script.write_text(original)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # the grid, and what reads the grid (projection with a tuned setting, table1)
-    assert set(jobs) == {"knnlm_grid", "projection", "table1", "all"}
+    # the grid, and what reads it (the tuned setting of table1; the projection reads it only when tuned)
+    assert set(jobs) == {"knnlm_grid", "table1", "findings", "all"}

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, needs_wikitext, snakemake
-
-pytestmark = needs_wikitext
+from tests.support import ROOT, snakemake
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SLURM_ARGS = ["--profile", "profiles/slurm", "--slurm-init-seconds-before-status-checks", "5", "--retries", "0"]
 TARGETS = ["data/macondo/facts.csv", "data/macondo/v2_train.txt", "data/tokens/macondo_v1.npz"]
@@ -65,7 +63,8 @@ def test_slurm_outputs_match_a_local_run(slurm, tiny_runs, tmp_path):
 
 def test_a_failing_job_is_reported_as_failed(slurm, tmp_path):
     config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
-    config["corpus"]["local_files"]["train"] = str(tmp_path / "missing.txt")
+    config["corpus"]["synthetic"] = None
+    config["corpus"]["local_files"] = {"train": str(tmp_path / "missing.txt"), "valid": "x.txt", "test": "y.txt"}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     results = tmp_path / "results"

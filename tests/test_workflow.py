@@ -1,18 +1,41 @@
-"""The Snakemake DAG: dry-run planning, and the whole tiny DAG for real."""
+"""The Snakemake DAG: dry-run planning of every shipped config, and whole DAGs for real:
+the tiny config (synthetic corpus, twice), the paper-scale rehearsal, and real text where
+../shared/data/wikitext-2 exists."""
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import ROOT, needs_wikitext, planned_jobs, snakemake
+from knnlm_limits import findings, knnlm
+from tests.support import ROOT, SHARED_WIKITEXT, planned_jobs, snakemake
+
 
 def test_dry_run_plans_the_default_dag(tmp_path):
     proc = snakemake("-n", "--config", f"results={tmp_path}/results")
     jobs = planned_jobs(proc.stdout)
-    expected = {"corpus", "tokenizer", "macondo", "train_corpus_lm", "train_memorization", "datastore",
-                "index", "knn_search", "projection", "table1", "figure1", "figure2", "figure3"}
+    expected = {"corpus", "tokenizer", "macondo", "train_corpus_lm", "train_memorization", "datastore", "index",
+                "knn_search", "projection", "table1", "figure1", "figure2", "figure3", "findings"}
     assert expected <= set(jobs)
-    assert jobs["train_memorization"] == 4  # 2 variants x 2 seeds
+    assert jobs["train_memorization"] == jobs["memorization_eval"] == 4  # 2 variants x 2 seeds, one eval job each
+    assert jobs["overspecification_eval"] == 2 and jobs["knn_search"] == 1
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("configs, expected", [
+    (["config/paper.yaml"], {"train_memorization": 10, "memorization_eval": 10, "train_overspecification": 5,
+                             "import_pretrained": 2, "knn_search": 1}),
+    (["config/pretrained.yaml"], {"import_pretrained": 1, "knn_search": 1, "projection": 1}),
+    (["config/wikitext2-local.yaml", "config/sweep.yaml"], {"train_corpus_lm": 3, "table1": 6, "train_memorization": 20}),
+    (["config/paper.yaml", "config/paper-sweep.yaml"], {"train_corpus_lm": 3, "table1": 6, "train_memorization": 20}),
+    (["config/rehearsal.yaml"], {"import_pretrained": 3, "table1": 3, "train_memorization": 8}),
+])
+def test_shipped_configs_plan_offline(tmp_path, configs, expected):
+    proc = snakemake("-n", "--configfile", *configs, "--config", f"results={tmp_path}/r")
+    jobs = planned_jobs(proc.stdout)
+    assert {k: jobs.get(k) for k in expected} == expected
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -21,36 +44,130 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert "knn.k" in proc.stdout + proc.stderr
 
 
-FIGURE_CSVS = ["figures/figure1.csv", "figures/figure1_children.csv", "figures/figure2_children.csv",
-               "figures/figure3_children.csv", "table1/table1.csv", "table1/grid.csv",
-               "table1/projection_traces.csv"]
+RESULT_CSVS = ["figure1/tiny/figure1.csv", "figure1/tiny/children.csv", "figure2/children.csv", "figure3/children.csv",
+               "table1/corpus_lm/tiny/step-20/table1.csv", "table1/corpus_lm/tiny/step-20/grid.csv",
+               "table1/corpus_lm/tiny/step-20/projection_traces.csv", "findings.csv", "findings_by_scale.csv"]
+FIGURES = ["figure1/tiny/figure1.png", "figure2/figure2.pdf", "figure3/figure3.png", "findings_by_scale.png",
+           "table1/corpus_lm/tiny/step-20/projection_traces.png", "table1/corpus_lm/tiny/step-20/grid.png"]
 
 
-@needs_wikitext
 def test_tiny_dag_produces_every_result(tiny_runs):
     results = tiny_runs[0]
-    for rel in FIGURE_CSVS + ["figures/figure1.png", "figures/figure2.pdf", "figures/figure3.png",
-                              "table1/table1.md", "table1/projection_traces.png", "table1/grid.png"]:
+    for rel in RESULT_CSVS + FIGURES + ["table1/corpus_lm/tiny/step-20/table1.md", "findings.md"]:
         assert (results / rel).stat().st_size > 0, rel
-    table = pd.read_csv(results / "table1/table1.csv")
-    for col in ("ppl_lm", "ppl_knnlm", "ppl_proj_f", "ppl_proj_fg"):
+    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/table1.csv")
+    for col in ("ppl_lm", "ppl_knnlm", "ppl_proj_f", "ppl_proj_fg", "ppl_proj_f_reverse"):
         assert table[col].item() > 1
-    fig1 = pd.read_csv(results / "figures/figure1_children.csv")
-    assert set(fig1.variant) == {"full", "no_last_mlp"} and set(fig1.step) == {0, 10}
+    fig1 = pd.read_csv(results / "figure1/tiny/children.csv")
+    assert set(fig1.variant) == {"full", "no_last_mlp"} and set(fig1.step) == {0, 4, 10}
     assert set(fig1[fig1.variant == "full"].method) == {"lm", "knn", "knnlm"}
+    assert set(fig1[fig1.variant == "no_last_mlp"].method) == {"lm"}
     assert {"parent", "child", "n_children", "step", "seed", "variant", "method", "loglik"} <= set(fig1.columns)
-    # every log goes to its file
-    assert (results / "logs/train/corpus_lm.log").read_text().strip()
+    found = pd.read_csv(results / "findings.csv")
+    assert set(findings.COLUMNS) == set(found.columns)
+    assert {"knnlm_beats_lm", "softmax_bottleneck_ruled_out", "mlp_hurdle_in_projection", "overspecification_gap",
+            "knn_helps_overspecification", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder",
+            "scaling_does_not_fix_overspecification"} <= set(found.finding)
+    assert (results / "logs/train/corpus_lm/tiny.log").read_text().strip()  # every log goes to its file
 
 
-@needs_wikitext
 def test_two_runs_write_identical_csvs(tiny_runs):
     a, b = tiny_runs
-    for rel in FIGURE_CSVS:
+    for rel in RESULT_CSVS:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
-@needs_wikitext
 def test_nothing_to_do_after_a_complete_run(tiny_runs):
     proc = snakemake("-n", "--configfile", ".tests/config.yaml", "--config", f"results={tiny_runs[0]}")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_table1_findings_recomputed_from_the_stage_inputs(tiny_runs):
+    """The projection gaps, from the per-token CSV by hand; each CI holds its point estimate."""
+    point = tiny_runs[0] / "table1/corpus_lm/tiny/step-20"
+    tokens = pd.read_csv(point / "projection_tokens.csv")
+    ppl = {c: float(np.exp(-tokens[c].mean())) for c in ("lm", "knnlm", "proj_f", "proj_fg")}
+    found = pd.read_csv(tiny_runs[0] / "findings.csv").set_index("finding")
+    for finding, column in (("softmax_bottleneck_ruled_out", "proj_f"), ("mlp_hurdle_in_projection", "proj_fg")):
+        gap = (ppl[column] - ppl["knnlm"]) / (ppl["lm"] - ppl["knnlm"])
+        row = found.loc[finding]
+        assert row.measured == pytest.approx(gap, rel=1e-9)
+        assert row.ci_low <= row.measured <= row.ci_high
+        assert row.holds == (row.ci_high < 0.5 if column == "proj_f" else row.ci_low > 0.5)
+    knn = dict(np.load(tiny_runs[0] / "knn/corpus_lm/tiny/step-20/test.npz"))
+    diff = knnlm.perplexity(knn["lm_logprob"]) - knnlm.perplexity(knnlm.knnlm_logprob(knn, 0.25, 1.0))
+    assert found.loc["knnlm_beats_lm"].measured == pytest.approx(diff, rel=1e-9)
+
+
+# ---------------------------------------------------------------- adding a scale point
+
+TINY = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
+
+
+def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_path):
+    config = {**TINY, "results": str(tiny_runs[0])}
+    config["corpus_lm"] = {**TINY["corpus_lm"], "shapes": [*TINY["corpus_lm"]["shapes"],
+                                                        {"name": "wider", "n_layer": 2, "n_embd": 64, "n_head": 2}]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
+    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1,
+                    "projection": 1, "table1": 1, "findings": 1, "all": 1}
+
+
+# ---------------------------------------------------------------- paper scale, rehearsed
+
+
+@pytest.fixture(scope="session")
+def rehearsal(tmp_path_factory):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "knnlm_limits.rehearsal", "rehearsal"], cwd=ROOT, check=True,
+                   env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    results = tmp_path_factory.mktemp("rehearsal") / "results"
+    snakemake("--cores", "2", "--configfile", "config/rehearsal.yaml", "--config", f"results={results}")
+    return results
+
+
+def test_rehearsal_runs_every_paper_scale_path(rehearsal):
+    points = ["corpus_lm/gpt2-2x64/step-20", "pretrained/rehearsal--gpt2-lm/step-0", "pretrained/rehearsal--llama-lm/step-0"]
+    for point in points:
+        table = pd.read_csv(rehearsal / "table1" / point / "table1.csv")
+        assert table.setting.item() == "tuned"
+        assert json.loads((rehearsal / "indexes" / point / "index.json").read_text())["kind"] == "IVF32,PQ8"
+    assert pd.read_csv(rehearsal / "table1" / points[2] / "table1.csv").architecture.item() == "llama"
+    for shape in ("gpt2-2x32", "llama-2x32"):
+        rows = pd.read_csv(rehearsal / "figure1" / shape / "children.csv")
+        assert set(rows[rows.method == "knnlm"].variant) == {"full", "no_last_mlp"} and set(rows.seed) == {0, 1}
+    assert "in the model's chat template" in (rehearsal / "logs/chat_tokens.log").read_text()
+    chat = json.loads((rehearsal / "models/chat/step-10/config.json").read_text())
+    assert chat["model_type"] == "qwen2" and chat["dtype"] == "float32"  # fine-tuned in float32 from bf16
+    assert "resuming" not in (rehearsal / "logs/train/corpus_lm/gpt2-2x64.log").read_text()
+
+
+def test_figure1_finding_recomputed_from_the_stage_inputs(rehearsal):
+    rows = pd.read_csv(rehearsal / "figure1/gpt2-2x32/children.csv")
+    lm = rows[(rows.method == "lm") & (rows.step == 4)]  # the early checkpoint: 0 < 4 <= 0.4 x 10
+    per_seed = lm.groupby(["seed", "variant"]).loglik.mean().unstack()
+    diff = per_seed["no_last_mlp"] - per_seed["full"]
+    found = pd.read_csv(rehearsal / "findings.csv")
+    row = found[(found.finding == "no_last_mlp_learns_faster_early") & (found.model == "memorization/gpt2-2x32")].iloc[0]
+    assert row.measured == pytest.approx(diff.mean(), rel=1e-9)
+    assert row.ci_low <= row.measured <= row.ci_high
+    half = 12.706 * diff.std(ddof=1) / np.sqrt(2)  # t interval over 2 seeds
+    assert row.ci_high - row.measured == pytest.approx(half, rel=1e-6)
+
+
+# ---------------------------------------------------------------- real text
+
+
+def test_real_text_tiny_run(tmp_path):
+    if not (SHARED_WIKITEXT / "valid.txt").is_file():
+        pytest.skip(f"real-text check: WikiText-2 not found at {SHARED_WIKITEXT}")
+    results = tmp_path / "results"
+    snakemake("--cores", "2", "--configfile", ".tests/config.yaml", ".tests/wikitext2.yaml",
+              "--config", f"results={results}")
+    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/table1.csv")
+    assert table.ppl_knnlm.item() < table.ppl_lm.item()
+    assert "Homarus" in (results / "data/corpus/train.txt").read_text()
