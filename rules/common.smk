@@ -193,11 +193,11 @@ def index_settings():
 # ---------------------------------------------------------------- resources
 
 
-def res(kind):
-    """Snakemake resources of a stage kind from config.resources."""
+def res(kind, gpu=True):
+    """Snakemake resources of a stage kind from config.resources (its GPUs unless gpu=False)."""
     r = config["resources"][kind]
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
-    if r["gpus"]:
+    if r["gpus"] and gpu:
         out["gpu"] = r["gpus"]
     return out
 

@@ -15,7 +15,8 @@ rule import_pretrained:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        # an embedding job's memory (the whole model in float32), no GPU
+        **res("embed", gpu=False),
     params:
         source=lambda w: imported_models()[w.name][0],
         config_key=lambda w: imported_models()[w.name][1],

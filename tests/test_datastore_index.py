@@ -131,3 +131,24 @@ def test_bad_factory_is_an_error_naming_the_key():
     with pytest.raises(index.IndexConfigError, match=r"multiple of the number of subquantizers"):
         index.check_factory("IVF16,PQ64", 32, "knn.approximate_index")
     index.check_factory("IVF16,PQ8", 64, "knn.approximate_index")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("key", ["mlp_input", "residual", "final_hidden"])
+def test_datastore_and_knnlm_for_every_family(arch, key, tmp_path):
+    """For each family and key kind: the stored keys are the model's keys of each context, and a
+    query equal to a stored context finds it first (distance 0), so its kNN weight is on its value."""
+    from knnlm_limits import knnlm
+
+    lm = model.build_model(90, 2, 32, 2, 32, architecture=arch, tie_word_embeddings=arch != "llama", seed=2).eval()
+    ex = from_sequences(np.random.default_rng(5).integers(0, 90, size=(6, 12)))
+    datastore.build(lm, ex, tmp_path / "k.npy", tmp_path / "v.npy", key=key)
+    keys, values = datastore.load(tmp_path / "k.npy", tmp_path / "v.npy")
+    with torch.no_grad():
+        expected = model.keys_only(lm, torch.as_tensor(np.stack([ex[i] for i in range(6)]), dtype=torch.long), key)
+    np.testing.assert_allclose(keys, expected[:, :-1].reshape(-1, 32).numpy(), atol=1e-2, rtol=1e-2)
+    searcher = index.Searcher(np.asarray(keys), "exact")
+    found = knnlm.evaluate(lm, searcher, values, ex, k=4, key=key)
+    assert (found["dists"][:, 0] < 1e-3).all()  # each evaluated context is in the datastore
+    assert (found["nbr_values"][:, 0] == found["targets"]).mean() > 0.9  # ties of equal contexts aside
+    assert (knnlm.knnlm_logprob(found, 0.5, 1.0) > found["lm_logprob"]).mean() > 0.9

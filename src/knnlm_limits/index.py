@@ -28,7 +28,8 @@ from . import io
 
 EXACT = "exact"
 EXACT_KINDS = (EXACT, "Flat", "SQfp16")
-BLOCK_BYTES = 256 * 2**20  # float32 bytes of one key block in exact search
+BLOCK_BYTES = 128 * 2**20  # float32 bytes of one key block in exact search (bounds its memory)
+WIDEN_ROWS = 16_384  # float16 rows read and widened at a time into the block
 
 
 class IndexConfigError(ValueError):
@@ -139,18 +140,22 @@ def write(index_dir, key_file, settings: dict, log=None) -> dict:
 def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYTES):
     """Exact k nearest keys by squared L2: (dists, ids), each (N, min(k, n_keys)).
 
-    `keys` is a .npy path or an array (float16 or float32); it is read one
-    block at a time, widened to float32 and searched with FAISS's BLAS kernel.
+    `keys` is a .npy path or an array (float16 or float32). One float32 block
+    buffer is filled a few float16 rows at a time (no second copy of the block),
+    searched with FAISS's BLAS kernel, and its top-k merged into a running heap.
     """
     keys = _rows(keys)
     n, dim = keys.shape
     k = min(k, n)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    block = max(k, block_bytes // (4 * dim))
+    rows = min(n, max(k, block_bytes // (4 * dim)))
+    block = np.empty((rows, dim), dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k)
-    for start in range(0, n, block):
-        xb = np.ascontiguousarray(keys[start : start + block], dtype=np.float32)
-        dists, ids = faiss.knn(queries, xb, min(k, len(xb)))
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        for sub in range(0, m, WIDEN_ROWS):
+            block[sub : min(m, sub + WIDEN_ROWS)] = keys[start + sub : start + min(m, sub + WIDEN_ROWS)]
+        dists, ids = faiss.knn(queries, block[:m], min(k, m))
         heap.add_result(dists, ids + start)
     heap.finalize()
     return heap.D, heap.I

@@ -8,6 +8,9 @@ import traceback
 from contextlib import contextmanager
 
 
+JOB_IMPORTS = "# job imported: "
+
+
 @contextmanager
 def logged(snakemake):
     """Send the job's stdout/stderr (progress bars included) to its log file."""
@@ -26,6 +29,9 @@ def logged(snakemake):
             traceback.print_exc(file=log)
             raise
         finally:
+            # what the job had to import, for benchmarks/job_time.py's start-up baseline
+            heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+            print(f"{JOB_IMPORTS}{' '.join(heavy) or 'none'}", file=log)
             sys.stdout, sys.stderr = old
 
 
