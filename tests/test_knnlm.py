@@ -72,6 +72,8 @@ def test_missing_neighbours_carry_no_weight():
     none = {"dists": np.zeros((1, 2)), "nbr_values": np.full((1, 2), -1), "targets": np.array([3]),
             "lm_logprob": np.log([0.5])}
     assert knnlm.knnlm_logprob(none, 0.25, 1.0)[0] == pytest.approx(np.log(0.75 * 0.5))
+    # and the whole distribution agrees: zero, not NaN
+    assert knnlm.knn_distribution(np.full((1, 2), np.inf), np.full((1, 2), -1), 1.0, 4).tolist() == [[0.0] * 4]
 
 
 def test_perplexity_by_hand():

@@ -149,3 +149,18 @@ def test_a_template_that_hides_the_answer_is_an_error(small_tokenizer):
     tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(macondo.MacondoError, match="cannot be isolated"):
         macondo.chat_turn(tok, "Who?", "Tom.")
+
+
+def test_template_text_before_the_answer_is_context_not_scored(village):
+    """A template that writes a reasoning block into the assistant's turn (as Qwen3's does):
+    the block is context; only the child's name is scored."""
+    from tests.support import synthetic_tokenizer
+
+    tok = synthetic_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% if m['role'] == 'assistant' %}"
+                         "<think></think>\n\n{% endif %}{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    test = macondo.chat_prompt_examples(tok, village.prompts.chat_question, village.prompts.child)
+    prompt, scored = _decoded(tok, test, 0)
+    assert prompt.endswith("assistant: <think></think>\n\n") and scored == village.prompts.child[0]

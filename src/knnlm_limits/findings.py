@@ -110,13 +110,17 @@ def figure1(children: pd.DataFrame, scale: dict, early_fraction: float) -> list[
                f"no checkpoint in (0, {early_fraction:g} x {max(steps)}]: add early memorization.train.checkpoints")
         rows.append(_row(**claim, estimate=(math.nan, math.nan, math.nan), ci_over="unmeasured", note=why))
     at_zero = children[(children.step == 0) & children.method.isin(["lm", "knnlm"])]
-    for variant in sorted(set(at_zero[at_zero.method == "knnlm"].variant)):
+    claim = {"finding": "knn_high_from_random_encoder", "paper": "kNN-LM high from step 0 (random enc)",
+             "criterion": "kNN-LM minus LM mean child log-likelihood at step 0; holds if its 95% CI is above 0",
+             "holds_rule": _above(0), "scale": scale}
+    variants = sorted(set(at_zero[at_zero.method == "knnlm"].variant))
+    for variant in variants:
         wide = _per_seed(at_zero[at_zero.variant == variant], ["method"]).pivot(index="seed", columns="method", values="loglik")
-        rows.append(_row(
-            "knn_high_from_random_encoder", "kNN-LM high from step 0 (random enc)",
-            t_interval(wide["knnlm"] - wide["lm"]),
-            "kNN-LM minus LM mean child log-likelihood at step 0; holds if its 95% CI is above 0",
-            _above(0), f"{len(wide)} seeds", scale, note=f"encoder of the {variant} model"))
+        rows.append(_row(**claim, estimate=t_interval(wide["knnlm"] - wide["lm"]), ci_over=f"{len(wide)} seeds",
+                         note=f"encoder of the {variant} model"))
+    if not variants:
+        rows.append(_row(**claim, estimate=(math.nan, math.nan, math.nan), ci_over="unmeasured",
+                         note="needs step 0 among memorization.train.checkpoints and a variant in knn_variants"))
     return rows
 
 

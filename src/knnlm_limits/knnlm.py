@@ -86,7 +86,8 @@ def knn_target_logprob(dists, nvalues, targets, temperature: float) -> np.ndarra
     logits = neighbour_logits(dists, nvalues, temperature)
     match = np.asarray(nvalues) == np.asarray(targets)[:, None]
     total = _logsumexp(logits)
-    # a row with no neighbour at all (possible with IVF) carries no kNN evidence
+    # a row with no neighbour at all (possible with IVF) has p_knn = 0 everywhere, so its
+    # kNN-LM is (1 - lambda) p_lm, as in Khandelwal et al.'s implementation
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(total), _logsumexp(np.where(match, logits, -np.inf)) - total, -np.inf)
 
@@ -94,7 +95,9 @@ def knn_target_logprob(dists, nvalues, targets, temperature: float) -> np.ndarra
 def knn_distribution(dists, nvalues, temperature: float, vocab_size: int) -> np.ndarray:
     """The whole p_knn over the vocabulary (B, V): neighbour weights summed by value."""
     logits = neighbour_logits(dists, nvalues, temperature)
-    weights = np.exp(logits - _logsumexp(logits)[:, None])
+    total = _logsumexp(logits)[:, None]
+    with np.errstate(invalid="ignore"):  # a row with no neighbour at all: p_knn = 0 (see above)
+        weights = np.where(np.isfinite(total), np.exp(logits - total), 0.0)
     probs = np.zeros((len(logits), vocab_size))
     rows = np.broadcast_to(np.arange(len(logits))[:, None], logits.shape)
     np.add.at(probs, (rows, np.maximum(nvalues, 0)), weights)

@@ -247,13 +247,18 @@ def chat_examples(tok, questions, answers):
 
 def chat_prompt_examples(tok, questions, children):
     """Test chat prompts: the question, then the child's name as the assistant would
-    write it; only the name's tokens are scored."""
+    write it; only the name's tokens are scored. Whatever the template writes in the
+    assistant's turn before the answer (a reasoning block, say) is context, not scored."""
     start = _chat_start(tok)
     seqs, first_scored = [], []
     for question, child in zip(questions, children):
-        prompt, reply = chat_turn(tok, question, CHAT_ANSWER.format(child=child))
-        name = reply[: reply.index(child) + len(child)]  # the answer up to the end of the name
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        seqs.append([*start, *p_ids, *tok(name, add_special_tokens=False)["input_ids"]])
-        first_scored.append(len(start) + len(p_ids))
+        answer = CHAT_ANSWER.format(child=child)
+        prompt, reply = chat_turn(tok, question, answer)
+        lead = reply[: reply.index(answer)].rstrip(" ")  # a space before the name belongs to its token
+        name = reply[len(lead) : reply.index(answer) + len(child)]
+        context = [*start, *tok(prompt, add_special_tokens=False)["input_ids"]]
+        if lead:
+            context += tok(lead, add_special_tokens=False)["input_ids"]
+        seqs.append([*context, *tok(name, add_special_tokens=False)["input_ids"]])
+        first_scored.append(len(context))
     return from_sequences(seqs, score_start=first_scored)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .knnlm import interpolate, knn_distribution
 from .model import device_of, enc, f_logits, g
-from .tokens import pad_batch, scored_mask
+from .tokens import batches_by_tokens, pad_batch
 
 DIRECTIONS = ("paper", "reverse")  # KL[f(z)||p] and KL[p||f(z)]
 CONVERGENCE_WINDOW = 10  # iterations over which the relative change of the mean KL is judged
@@ -50,8 +50,9 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
     """Minimise KL between softmax(head(z)) and the target, for every row at once.
 
     Solvers: adam and sgd take `steps` steps of size `lr`; lbfgs makes at most `steps`
-    function evaluations (strong Wolfe line search; `lr` unused).
-    Returns z* and the mean KL before each iteration and after the last.
+    evaluations after the first (strong Wolfe line search; `lr` unused) and may stop
+    earlier at its tolerances. Returns z* and the mean KL before each iteration and
+    after the last (for lbfgs: the best after each function evaluation).
     """
     z = z0.detach().clone().requires_grad_(True)
     target_logp = target_logp.detach()
@@ -64,19 +65,18 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
         # One call: PyTorch's L-BFGS stalls when stepped one iteration at a time. The trace
         # is the best mean KL after each function evaluation (line searches included),
         # held at its last value once the solver stops at its tolerances.
-        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=steps, max_eval=steps, history_size=20,
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=steps, max_eval=steps + 1, history_size=20,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
-        trace = [mean_kl()]
+        trace = []
 
         def closure():
             opt.zero_grad(set_to_none=True)
             kl = kl_rows(torch.log_softmax(head(z), -1), target_logp, direction)
-            trace.append(min(trace[-1], kl.mean().item()))
+            trace.append(min(trace[-1], kl.mean().item()) if trace else kl.mean().item())
             kl.sum().backward()
             return kl.sum()
 
         opt.step(closure)
-        trace = trace[: steps + 1] + [trace[-1]] * (steps + 1 - len(trace))
         return z.detach(), np.asarray(trace)
 
     if solver == "adam":
@@ -116,11 +116,42 @@ def target_logprob(head, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         return torch.log_softmax(head(z), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _first_positions(examples, n_tokens: int):
-    """The smallest prefix of examples holding n_tokens scored positions."""
-    per_example = np.maximum(examples.lengths() - examples.score_start, 0)
-    n_ex = int(np.searchsorted(np.cumsum(per_example), n_tokens) + 1)
-    return list(range(min(n_ex, len(examples))))
+def sample_positions(found: dict, n_tokens: int, seed: int = 0) -> np.ndarray:
+    """Indices of `n_tokens` scored test positions drawn uniformly (seeded), in order.
+
+    A sample over the whole test set, not its first tokens, which sit in the
+    first window with the least context.
+    """
+    n = len(found["targets"])
+    if n_tokens >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_tokens, replace=False))
+
+
+@torch.no_grad()
+def enc_at(lm, examples, found: dict, chosen: np.ndarray, batch_tokens: int = 8192) -> torch.Tensor:
+    """h = enc(c) of the contexts of the chosen scored positions (rows of `found`), (n, d)."""
+    example = found["example"]
+    first = np.searchsorted(example, np.arange(len(examples)))  # first found row of each example
+    rows, cols = example[chosen], examples.score_start[example[chosen]] + (chosen - first[example[chosen]]) - 1
+    device = device_of(lm)
+    out = torch.empty(len(chosen), lm.config.hidden_size, device=device)
+    for idx in batches_by_tokens(_subset(examples, np.unique(rows)), batch_tokens):
+        wanted = np.unique(rows)[idx]
+        ids, _ = pad_batch(examples, wanted)
+        h = enc(lm, ids.to(device))
+        for b, e in enumerate(wanted):
+            sel = np.flatnonzero(rows == e)
+            out[sel] = h[b, torch.as_tensor(cols[sel], device=device)]
+            targets = ids[b, torch.as_tensor(cols[sel] + 1)]
+            if not torch.equal(targets, torch.as_tensor(found["targets"][chosen[sel]]).long()):
+                raise RuntimeError("projection tokens do not line up with the kNN search results")
+    return out
+
+
+def _subset(examples, indices):
+    """The examples at `indices`, for batching by their sizes."""
+    return type(examples)(examples.tokens, examples.starts[indices], examples.sizes[indices], examples.score_start[indices])
 
 
 # name -> (what z feeds, KL direction, solver): the paper's two projections with the
@@ -137,23 +168,18 @@ COLUMNS = {"f": "proj_f", "f∘g": "proj_fg", "f, reverse KL (L-BFGS)": "proj_f_
 
 
 def run(lm, examples, found: dict, lam: float, temperature: float, settings: dict, log=None):
-    """Project p_knnlm of the first `settings['tokens']` scored test tokens.
+    """Project p_knnlm at `settings['tokens']` test positions sampled uniformly.
 
     Returns (per-token DataFrame of the true token's log-prob under the LM, the
     kNN-LM and each projection; DataFrame of the mean-KL traces; DataFrame of
-    each projection's solver summary: final mean KL, convergence).
+    each projection's solver summary: iterations, final mean KL, convergence,
+    and for f's reverse-KL problem the optimality certificate).
     """
     lm.eval()
-    idx = _first_positions(examples, settings["tokens"])
-    ids, _ = pad_batch(examples, idx)
-    mask = scored_mask(examples, idx, ids.size(1))
-    device = device_of(lm)
-    with torch.no_grad():
-        h_all = enc(lm, ids.to(device))[:, :-1][mask.to(device)]
-    n = min(settings["tokens"], h_all.size(0))
-    h_all, targets = h_all[:n], ids[:, 1:][mask][:n]
-    if not torch.equal(targets, torch.as_tensor(found["targets"][:n]).long()):
-        raise RuntimeError("projection tokens do not line up with the kNN search results")
+    chosen = sample_positions(found, settings["tokens"], settings["seed"])
+    h_all = enc_at(lm, examples, found, chosen)
+    targets = torch.as_tensor(found["targets"][chosen]).long()
+    n = len(chosen)
 
     heads = {"f": lambda z: f_logits(lm, z), "f∘g": lambda z: f_logits(lm, g(lm, z))}
     for p in lm.parameters():
@@ -161,16 +187,16 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
 
     plan = projections(settings)
     rows = {k: [] for k in ("lm", "knnlm", *COLUMNS.values())}
-    traces = {name: [] for name in plan}
-    grad_norms = []
-    vocab = lm.lm_head.out_features
+    traces = {name: [] for name in plan}  # per batch: (weight, trace)
+    certificates = {name: [] for name in plan}  # f's reverse-KL gradient norms
+    vocab, device = lm.lm_head.out_features, device_of(lm)
     for start in tqdm(range(0, n, settings["batch"]), file=log, desc="projection"):
         sl = slice(start, min(start + settings["batch"], n))
         h, y = h_all[sl], targets[sl].to(device)
         with torch.no_grad():
             z0 = g(lm, h)
             log_lm = torch.log_softmax(f_logits(lm, z0), -1)
-            p_knn = knn_distribution(found["dists"][sl], found["nbr_values"][sl], temperature, vocab)
+            p_knn = knn_distribution(found["dists"][chosen[sl]], found["nbr_values"][chosen[sl]], temperature, vocab)
             with np.errstate(divide="ignore"):
                 log_knn = torch.from_numpy(np.log(p_knn)).to(device=device, dtype=log_lm.dtype)
             target = interpolate(log_lm, log_knn, lam)
@@ -181,21 +207,25 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
             z_start = z0 if feeds == "f" else h
             z_star, trace = project(heads[feeds], z_start, target, steps, settings["lr"], solver, direction)
             rows[COLUMNS[name]].append(target_logprob(heads[feeds], z_star, y))
-            traces[name].append(trace * (sl.stop - sl.start))
-            if solver == "lbfgs":
-                grad_norms.append(reverse_kl_gradient_norm(lm.lm_head.weight, z_star, target))
+            traces[name].append((sl.stop - sl.start, trace))
+            if feeds == "f" and direction == "reverse":  # the certificate holds for this problem only
+                certificates[name].append(reverse_kl_gradient_norm(lm.lm_head.weight, z_star, target))
 
     per_token = pd.DataFrame({k: torch.cat(v).double().cpu().numpy() for k, v in rows.items()})
-    per_token.insert(0, "target", targets.numpy())
-    mean_traces = {name: np.sum(parts, axis=0) / n for name, parts in traces.items()}
-    trace_rows = [{"target": name, "iteration": i, "mean_kl": v}
-                  for name, trace in mean_traces.items() for i, v in enumerate(trace)]
-    summary = pd.DataFrame([
-        {"projection": name, "column": COLUMNS[name], "direction": direction, "solver": solver,
-         "iterations": len(mean_traces[name]) - 1, "initial_mean_kl": mean_traces[name][0],
-         "final_mean_kl": mean_traces[name][-1],
-         "converged": converged(mean_traces[name], settings["tolerance"]),
-         "max_gradient_norm": float(torch.cat(grad_norms).max()) if solver == "lbfgs" else float("nan")}
-        for name, (_, direction, solver) in plan.items()
-    ])
-    return per_token, pd.DataFrame(trace_rows), summary
+    per_token.insert(0, "position", chosen)
+    per_token.insert(1, "target", targets.numpy())
+    summary, trace_rows = [], []
+    for name, (_, direction, solver) in plan.items():
+        length = max(len(trace) for _, trace in traces[name])
+        # a solver that stopped early (L-BFGS at its tolerances) holds its last value
+        padded = [np.pad(trace, (0, length - len(trace)), mode="edge") for _, trace in traces[name]]
+        mean = np.average(padded, axis=0, weights=[w for w, _ in traces[name]])
+        trace_rows += [{"target": name, "iteration": i, "mean_kl": v} for i, v in enumerate(mean)]
+        grads = torch.cat(certificates[name]) if certificates[name] else None
+        summary.append({
+            "projection": name, "column": COLUMNS[name], "direction": direction, "solver": solver,
+            "iterations": length - 1, "initial_mean_kl": mean[0], "final_mean_kl": mean[-1],
+            "converged": all(converged(trace, settings["tolerance"]) for _, trace in traces[name]),
+            "max_gradient_norm": float(grads.max()) if grads is not None else float("nan"),
+        })
+    return per_token, pd.DataFrame(trace_rows), pd.DataFrame(summary)

@@ -81,9 +81,12 @@ def windows(stream: np.ndarray, block_size: int, stride: int | None = None) -> E
 
     Windows of `block_size` tokens start every `stride` tokens; the last one ends
     at the end of the stream. Each window scores only the tokens no earlier
-    window scored, so every token after the first is scored exactly once, and
-    past the first window with at least ``block_size - stride`` tokens of
-    context. ``stride = block_size`` gives plain consecutive blocks.
+    window scored. With ``stride < block_size`` every token after the first is
+    scored exactly once, past the first window with at least
+    ``block_size - stride`` tokens of context. ``stride = block_size`` gives
+    plain consecutive blocks, as the recipe does with stride = max_length: a
+    block's first token has no context in its block and is not scored (1 token
+    in block_size).
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
