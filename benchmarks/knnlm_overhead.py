@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from knnlm_limits import datastore, knnlm, model
+from knnlm_limits.index import Searcher
 from knnlm_limits.tokens import blocks, pad_batch, batches_by_tokens
 
 
@@ -40,7 +41,7 @@ def main():
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    lm = model.build_gpt2(args.vocab, args.layers, args.width, 4, 128, seed=0).to(model.best_device()).eval()
+    lm = model.build_model(args.vocab, args.layers, args.width, 4, 128, seed=0).to(model.best_device()).eval()
     store = blocks(rng.integers(0, args.vocab, args.store_tokens), 128)
     queries = blocks(rng.integers(0, args.vocab, args.eval_tokens), 128)
 
@@ -64,7 +65,7 @@ def main():
         t_search = best_of(lambda: index.search(q, args.k), args.repeat)
 
         def full_eval():
-            found = knnlm.evaluate(lm, index, values, queries, k=args.k)
+            found = knnlm.evaluate(lm, Searcher(keys_path, "Flat", index), values, queries, k=args.k)
             knnlm.knnlm_logprob(found, 0.25, 1.0)
 
         t_knnlm = best_of(full_eval, args.repeat)

@@ -127,36 +127,50 @@ def projection_traces(traces: pd.DataFrame, summary: pd.DataFrame | None = None)
     return fig
 
 
-def findings_by_scale(frame: pd.DataFrame):
-    """The two projection gaps against model width, one line per training length, with CIs."""
+def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
+    """The two projection gaps against model width, one line per training length, with CIs.
+
+    A gap is a ratio over ppl_LM - ppl_kNN-LM: where the kNN-LM barely beats the LM its
+    interval explodes; such intervals are clipped to the axis and printed.
+    """
     claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
               "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    table1 = frame[frame.finding.isin([*claims, "softmax_bottleneck_ruled_out_convex"])]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    lengths = sorted(frame.step.fillna(-1).unique())
+    lengths = sorted(table1.step.fillna(-1).unique())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, (finding, title) in zip(axes, claims.items()):
-        shown = [(finding, "-", "")]
+        shown = [(finding, "-", "", 0.0)]
         if finding == "softmax_bottleneck_ruled_out":  # f's convex optimum: what f can express
-            shown.append(("softmax_bottleneck_ruled_out_convex", "--", ", convex optimum (reverse KL)"))
-        for name, style, suffix in shown:
-            rows = frame[frame.finding == name]
+            shown.append(("softmax_bottleneck_ruled_out_convex", "--", ", convex optimum (reverse KL)", 0.03))
+        for name, style, suffix, shift in shown:
+            rows = table1[table1.finding == name]
             for step, line in rows.groupby(rows.step.fillna(-1)):
                 line = line.sort_values("n_embd")
+                x = line.n_embd * (1 + shift)  # side by side, not on top of each other
                 label = ("pretrained" if step < 0 else f"{int(step)} steps") + suffix
-                ax.errorbar(line.n_embd, line.measured, yerr=[line.measured - line.ci_low, line.ci_high - line.measured],
-                            marker="o", ls=style, capsize=3, label=label, color=colors[lengths.index(step) % len(colors)])
+                color = colors[lengths.index(step) % len(colors)]
+                inside = (line.ci_low >= ylim[0]) & (line.ci_high <= ylim[1])
+                ok, xo = line[inside], x[inside]
+                ax.errorbar(xo, ok.measured, yerr=[ok.measured - ok.ci_low, ok.ci_high - ok.measured],
+                            marker="o", ls=style, capsize=3, label=label, color=color)
+                for xi, r in zip(x[~inside], line[~inside].itertuples()):  # undecided: hollow, value printed
+                    y = min(max(r.measured, ylim[0]), ylim[1])
+                    ax.plot([xi], [y], marker="o", mfc="none", color=color, ls="none")
+                    ax.annotate(f"{r.measured:.2g} [{r.ci_low:.2g}, {r.ci_high:.2g}]", (xi, y), textcoords="offset points",
+                                xytext=(-4, 6 if y < 0.5 else -10), ha="right", fontsize=6, color=color)
         ax.axhline(0, color="k", lw=0.8)
         ax.axhline(1, color="k", lw=0.8, ls="--")
         ax.axhline(0.5, color="grey", lw=0.6, ls=":")
         ax.set_xscale("log", base=2)
-        widths = sorted(frame.n_embd.dropna().unique())
+        widths = sorted(table1.n_embd.dropna().unique())
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.minorticks_off()
-        ax.set(xlabel="model width (n_embd)", title=title)
+        ax.set(xlabel="model width (n_embd)", title=title, ylim=ylim)
         ax.grid(alpha=0.3)
-        ax.legend(title="training length", fontsize=8)
+        ax.legend(title="training length", fontsize=7)
     axes[0].set_ylabel("(ppl_proj - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM), 95% CI")
-    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM")
+    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM; hollow: interval beyond the axis")
     return fig
 
 

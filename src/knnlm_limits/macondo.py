@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,10 +189,6 @@ def write(m: Macondo, out: dict) -> None:
     io.write_csv(out["chat"], m.chat)
     for key in ("v1", "v2"):
         io.write_text(out[key], "\n".join(getattr(m, key)) + "\n")
-
-
-def read_sentences(path) -> list[str]:
-    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 def sentence_examples(tok, sentences):
