@@ -1,8 +1,8 @@
 """Where a finished run's time went, per rule, from its results/benchmarks/.
 
 For each rule: jobs, job-seconds (wall), CPU-seconds, and the bare start-up cost
-of its jobs: a fresh Python importing what the script imports, plus torch or
-transformers' model code if the job's log says it imported them (lazy imports),
+of its jobs: a fresh Python importing what the script imports, plus torch,
+transformers or the model module if the job's log says it imported them (lazy imports),
 timed now, in this run. Two shares of all job-seconds are printed:
 
 - start-up share: the job-seconds spent starting processes (each job's start-up),
@@ -96,7 +96,8 @@ def main():
         name, m, log = match
         jobs[name].append((float(row["s"]), float(row["cpu_time"]), job_imports(args.results, log, m.groupdict())))
     scripts = {name: script for name, _, _, script in rules}
-    lazy = {"": "", "none": "", "torch": "import torch", "torch transformers": "import knnlm_limits.model"}
+    lazy = {"": "", "none": "", "torch": "import torch", "torch transformers": "from transformers import AutoTokenizer",
+            "torch transformers knnlm_limits.model": "import knnlm_limits.model"}
     startup = {(rule, imp): startup_seconds(scripts[rule], args.checkout, lazy.get(imp, ""))
                for rule, runs in jobs.items() for imp in {r[2] for r in runs}}
 

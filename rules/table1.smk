@@ -17,6 +17,7 @@ rule knnlm_grid:
         f"{LOGS}/table1/{{model}}/step-{{step}}/grid.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/grid.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -48,6 +49,7 @@ rule projection:
         f"{LOGS}/table1/{{model}}/step-{{step}}/projection.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/projection.tsv"
+    priority: 10
     conda:
         ENV
     threads: threads("embed")
@@ -81,6 +83,7 @@ rule table1:
         f"{LOGS}/table1/{{model}}/step-{{step}}/table1.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/table1.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1

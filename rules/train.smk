@@ -36,6 +36,7 @@ rule train_corpus_lm:
         f"{LOGS}/train/corpus_lm/{{shape}}.log",
     benchmark:
         f"{BENCH}/train/corpus_lm/{{shape}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: threads("train")

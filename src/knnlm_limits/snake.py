@@ -30,7 +30,7 @@ def logged(snakemake):
             raise
         finally:
             # what the job had to import, for benchmarks/job_time.py's start-up baseline
-            heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+            heavy = [m for m in ("torch", "transformers", "knnlm_limits.model") if m in sys.modules]
             print(f"{JOB_IMPORTS}{' '.join(heavy) or 'none'}", file=log)
             sys.stdout, sys.stderr = old
 
