@@ -26,6 +26,7 @@ rule figure3:
         f"{LOGS}/figure3.log",
     benchmark:
         f"{BENCH}/figure3.tsv"
+    priority: 10
     conda:
         ENV
     threads: threads("embed")

@@ -118,6 +118,7 @@ rule train_scale:
         f"{LOGS}/train/chat.log",
     benchmark:
         f"{BENCH}/train/chat.tsv"
+    priority: 10
     conda:
         ENV
     threads: threads("train")
