@@ -19,9 +19,19 @@ install() {
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
     fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends \
-        slurmctld slurmd slurm-client slurmdbd munge mariadb-server >/dev/null
+    # A machine image may come with dpkg interrupted mid-configure (seen on CI:
+    # "dpkg was interrupted, you must manually run 'dpkg --configure -a'"), which makes
+    # every apt-get install fail: finish that first.
+    dpkg --configure -a >/dev/null 2>&1 || dpkg --configure -a
+    local binary missing=""
+    for binary in slurmctld slurmd slurmdbd sbatch sacct munged mariadbd; do
+        command -v "$binary" >/dev/null || PATH=$PATH:/usr/sbin command -v "$binary" >/dev/null || missing=1
+    done
+    if [[ -n $missing ]]; then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends \
+            slurmctld slurmd slurm-client slurmdbd munge mariadb-server >/dev/null
+    fi
     if [[ -n $created ]]; then rm -f "$policy"; fi
 }
 
