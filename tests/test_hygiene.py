@@ -1,6 +1,7 @@
 """Workflow hygiene: lint, formatting, pinned environments, and the HTML report."""
 
 import re
+import os
 import subprocess
 import sys
 import tomllib
@@ -75,3 +76,22 @@ def test_import_error_names_the_config_key_and_model(tmp_path):
     assert proc.returncode != 0
     log = (results / "logs/import/no-such-org--no-such-model.log").read_text()
     assert "'overspecification.base_model'" in log and "'no-such-org/no-such-model'" in log
+
+
+def test_a_job_that_imports_torch_and_faiss_late_keeps_to_its_threads(tmp_path):
+    # torch and FAISS default to one thread per core; a job declaring 1 thread that
+    # imports them lazily must still use 1, or it fights the job Snakemake runs beside it.
+    code = """
+import sys
+from types import SimpleNamespace
+from knnlm_limits.snake import logged
+assert "torch" not in sys.modules and "faiss" not in sys.modules
+with logged(SimpleNamespace(threads=1, log=[sys.argv[1]])):
+    import faiss, torch
+    print(torch.get_num_threads(), faiss.omp_get_max_threads(), file=sys.__stdout__)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.log")], env=env,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["1", "1"]
