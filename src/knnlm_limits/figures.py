@@ -84,17 +84,18 @@ def figure3(table: pd.DataFrame, title: str = ""):
     rows["likelihood"] = np.exp(rows.loglik)
     summary = rows.groupby("n_children", as_index=False)["likelihood"].agg(mean="mean", std="std", n_prompts="count")
     summary["perfect"] = 1.0 / summary.n_children
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     ax.bar(summary.n_children, summary["mean"], alpha=0.7, label="fine-tuned model (mean over children)")
     ax.scatter(rows.n_children, rows.likelihood, s=6, color="k", alpha=0.3, label="each child")
     ax.plot(summary.n_children, summary.perfect, "r_", ms=30, mew=2, label="perfect 1/n")
-    for n, mean in zip(summary.n_children, summary["mean"]):
-        ax.annotate(f"{mean:.2g}", (n, mean), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+    # the means under each n (not on the bars, where the points of each child would cover them)
+    ax.set_xticks(summary.n_children, [f"{n}\nmean {mean:.2g}" for n, mean in zip(summary.n_children, summary["mean"])])
     ax.set_yscale("log")
     ax.set(xlabel="number of children", ylabel="likelihood of a child (v1 chat prompt)",
            title=f"Fine-tuned on v2 chat turns, tested on v1 {title}")
     ax.grid(alpha=0.3, which="both", axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    fig.tight_layout()
     return fig, summary
 
 
