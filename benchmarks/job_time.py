@@ -1,9 +1,10 @@
 """Where a finished run's time went, per rule, from its results/benchmarks/.
 
-For each rule: jobs, job-seconds (wall), CPU-seconds, and the bare start-up cost
-of its jobs: a fresh Python importing what the script imports, plus torch,
-transformers or the model module if the job's log says it imported them (lazy imports),
-timed now, in this run. Two shares of all job-seconds are printed:
+For each rule: jobs, job-seconds (wall), CPU-seconds (Snakemake's sampled `cpu_time`: the
+sampler reads the process every second, then every 30 s, never at exit, so it is a lower
+bound), and the bare start-up cost of its jobs: a fresh Python importing what the script
+imports, plus torch, transformers or the model module if the job's log says it imported
+them (lazy imports), timed now, in this run. Two shares of all job-seconds are printed:
 
 - start-up share: the job-seconds spent starting processes (each job's start-up),
   the fixed cost every job pays before its own work;
