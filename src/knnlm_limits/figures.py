@@ -132,18 +132,20 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     """The two projection gaps against model width, one line per training length, with CIs.
 
     A gap is a ratio over ppl_LM - ppl_kNN-LM: where the kNN-LM barely beats the LM its
-    interval explodes; such intervals are clipped to the axis and printed.
+    interval explodes. A point whose interval leaves the axis is drawn hollow (an arrow at the
+    edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap.
     """
     claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
               "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
     table1 = frame[frame.finding.isin([*claims, "softmax_bottleneck_ruled_out_convex"])]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lengths = sorted(table1.step.fillna(-1).unique())
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), sharey=True)
     for ax, (finding, title) in zip(axes, claims.items()):
         shown = [(finding, "-", "", 0.0)]
         if finding == "softmax_bottleneck_ruled_out":  # f's convex optimum: what f can express
             shown.append(("softmax_bottleneck_ruled_out_convex", "--", ", convex optimum (reverse KL)", 0.03))
+        beyond = []  # lines under the panel for the points whose interval leaves the axis
         for name, style, suffix, shift in shown:
             rows = table1[table1.finding == name]
             for step, line in rows.groupby(rows.step.fillna(-1)):
@@ -155,11 +157,15 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
                 ok, xo = line[inside], x[inside]
                 ax.errorbar(xo, ok.measured, yerr=[ok.measured - ok.ci_low, ok.ci_high - ok.measured],
                             marker="o", ls=style, capsize=3, label=label, color=color)
-                for xi, r in zip(x[~inside], line[~inside].itertuples()):  # undecided: hollow, value printed
-                    y = min(max(r.measured, ylim[0]), ylim[1])
-                    ax.plot([xi], [y], marker="o", mfc="none", color=color, ls="none")
-                    ax.annotate(f"{r.measured:.2g} [{r.ci_low:.2g}, {r.ci_high:.2g}]", (xi, y), textcoords="offset points",
-                                xytext=(-4, 6 if y < 0.5 else -10), ha="right", fontsize=6, color=color)
+                for xi, r in zip(x[~inside], line[~inside].itertuples()):  # undecided: hollow, listed below
+                    marker, y = "o", r.measured
+                    if not ylim[0] <= r.measured <= ylim[1]:
+                        marker, y = ("^", ylim[1]) if r.measured > ylim[1] else ("v", ylim[0])
+                    ax.plot([xi], [y], marker=marker, mfc="none", ms=7, color=color, ls="none", clip_on=False)
+                    beyond.append((color, f"width {r.n_embd:g}, {label}: {r.measured:.2g} "
+                                          f"[{r.ci_low:.2g}, {r.ci_high:.2g}]"))
+        for i, (color, text) in enumerate(beyond):
+            ax.text(0.0, -0.2 - 0.06 * i, text, transform=ax.transAxes, fontsize=7, color=color, va="top")
         ax.axhline(0, color="k", lw=0.8)
         ax.axhline(1, color="k", lw=0.8, ls="--")
         ax.axhline(0.5, color="grey", lw=0.6, ls=":")
@@ -169,9 +175,11 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
         ax.minorticks_off()
         ax.set(xlabel="model width (n_embd)", title=title, ylim=ylim)
         ax.grid(alpha=0.3)
-        ax.legend(title="training length", fontsize=7)
+        ax.legend(title="training length", fontsize=7, loc="lower left")
     axes[0].set_ylabel("(ppl_proj - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM), 95% CI")
-    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM; hollow: interval beyond the axis")
+    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM\n"
+                 "hollow: the interval leaves the axis (listed below each panel); an arrow: so does the estimate", fontsize=10)
+    fig.subplots_adjust(bottom=0.38, top=0.86, wspace=0.08)
     return fig
 
 
