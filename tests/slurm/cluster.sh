@@ -25,7 +25,7 @@ install() {
     dpkg --configure -a >/dev/null 2>&1 || dpkg --configure -a
     local binary missing=""
     for binary in slurmctld slurmd slurmdbd sbatch sacct munged mariadbd; do
-        command -v "$binary" >/dev/null || PATH=$PATH:/usr/sbin command -v "$binary" >/dev/null || missing=1
+        command -v "$binary" >/dev/null || [[ -x /usr/sbin/$binary ]] || missing=1
     done
     if [[ -n $missing ]]; then
         apt-get update -qq
