@@ -1,9 +1,6 @@
-import faiss
-
 from knnlm_limits import index
 from knnlm_limits.snake import logged
 
 with logged(snakemake) as log:
-    faiss.omp_set_num_threads(snakemake.threads)
     manifest = index.write(snakemake.output[0], snakemake.input.key_file, snakemake.params.settings, log=log)
     print(f"{manifest['keys']} keys: {manifest['kind']} (exact up to {manifest['exact_max_keys']} keys)", file=log)

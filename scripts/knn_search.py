@@ -1,4 +1,3 @@
-import faiss
 import numpy as np
 
 from knnlm_limits import io, knnlm, model
@@ -7,7 +6,6 @@ from knnlm_limits.snake import logged
 from knnlm_limits.tokens import load_stream, windows
 
 with logged(snakemake) as log:
-    faiss.omp_set_num_threads(snakemake.threads)
     p, inp = snakemake.params, snakemake.input
     lm = model.load_lm(inp.model)
     searcher = Searcher.open(inp.index, inp.key_file, {"nprobe": p.nprobe, "rerank": p.rerank})

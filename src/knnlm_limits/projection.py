@@ -136,8 +136,9 @@ def enc_at(lm, examples, found: dict, chosen: np.ndarray, batch_tokens: int = 81
     rows, cols = example[chosen], examples.score_start[example[chosen]] + (chosen - first[example[chosen]]) - 1
     device = device_of(lm)
     out = torch.empty(len(chosen), lm.config.hidden_size, device=device)
-    for idx in batches_by_tokens(_subset(examples, np.unique(rows)), batch_tokens):
-        wanted = np.unique(rows)[idx]
+    needed = np.unique(rows)
+    for idx in batches_by_tokens(_subset(examples, needed), batch_tokens):
+        wanted = needed[idx]
         ids, _ = pad_batch(examples, wanted)
         h = enc(lm, ids.to(device))
         for b, e in enumerate(wanted):
