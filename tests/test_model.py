@@ -73,6 +73,33 @@ def test_keys_are_exactly_the_hooked_tensors(case):
         torch.testing.assert_close(M.keys_only(lm, IDS_IN, "final_hidden"), final_hidden, atol=1e-6, rtol=0)
 
 
+def test_logits_and_keys_at_positions_are_the_full_tensors_rows(case):
+    """The head at the selected positions only gives the rows of the model's own logits."""
+    arch, lm = case
+    at = torch.rand(IDS_IN.shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    _, mlp_input, logits = _hooked(lm, MLP_NORM[KIND[arch]](lm), IDS_IN)
+    assert M.head_split(lm) is not None
+    with torch.no_grad():
+        got_logits, key = M.logits_and_keys_at(lm, IDS_IN, at, "mlp_input")
+        lm_only, no_key = M.logits_and_keys_at(lm, IDS_IN, at, None)
+    torch.testing.assert_close(got_logits, logits[at], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lm_only, logits[at], atol=1e-5, rtol=1e-5)
+    assert torch.equal(key, mlp_input[at]) and no_key is None
+
+
+def test_logits_at_positions_of_any_causal_lm():
+    """A model outside the families (GPT-NeoX) is scored from its full logits."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    lm = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=32)).eval()
+    at = torch.rand(IDS_IN.shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    assert M.head_split(lm) is None
+    with torch.no_grad():
+        got, key = M.logits_and_keys_at(lm, IDS_IN, at, None)
+        assert torch.equal(got, lm(input_ids=IDS_IN).logits[at]) and key is None
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])
 def test_without_last_mlp_g_is_the_final_norm(arch):
     lm = tiny(arch, drop=True)

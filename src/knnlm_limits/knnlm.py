@@ -29,7 +29,7 @@ def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", bat
     """
     import torch
 
-    from .model import check_context, device_of, logits_and_keys
+    from .model import check_context, device_of, logits_and_keys_at
 
     model.eval()
     device = device_of(model)
@@ -38,16 +38,17 @@ def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", bat
     with torch.no_grad():
         for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="lm"):
             ids, _ = pad_batch(examples, idx)
-            mask = scored_mask(examples, idx, ids.size(1))
-            logits, keys = logits_and_keys(model, ids.to(device), key)
-            logits, targets = logits[:, :-1].float(), ids[:, 1:]
-            # log p(target) = logit(target) - logsumexp(logits): no (B, T, V) log-softmax tensor
+            mask = scored_mask(examples, idx, ids.size(1))  # (B, T-1): target t+1 is scored from position t
+            at = torch.zeros_like(ids, dtype=torch.bool)
+            at[:, :-1] = mask
+            logits, keys = logits_and_keys_at(model, ids.to(device), at.to(device), key)
+            logits, targets = logits.float(), ids[:, 1:][mask]
+            # log p(target) = logit(target) - logsumexp(logits): no (N, V) log-softmax tensor
             target_logits = logits.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
-            logp = (target_logits - torch.logsumexp(logits, dim=-1)).cpu()
-            out["targets"].append(targets[mask])
-            out["lm_logprob"].append(logp[mask])
+            out["targets"].append(targets)
+            out["lm_logprob"].append((target_logits - torch.logsumexp(logits, dim=-1)).cpu())
             if keys is not None:
-                out["queries"].append(keys[:, :-1].cpu()[mask].float())
+                out["queries"].append(keys.float().cpu())
             rows = torch.as_tensor(idx).unsqueeze(1).expand_as(mask)
             out["example"].append(rows[mask])
     return {k: torch.cat(v).numpy() for k, v in out.items() if v}

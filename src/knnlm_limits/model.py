@@ -36,7 +36,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from .families import NO_LAST_MLP_SUFFIX, family_of, no_last_mlp_type
+from .families import NO_LAST_MLP_SUFFIX, UnsupportedArchitecture, family_of, no_last_mlp_type
 
 KEY_KINDS = ("mlp_input", "residual", "final_hidden")
 
@@ -254,6 +254,36 @@ def logits_and_keys(model, input_ids: torch.Tensor, key: str | None = "mlp_input
     with capture_enc(model) as seen:
         logits = model(input_ids=input_ids).logits
     return logits, _key_of(model, seen, key)
+
+
+def head_split(model):
+    """(body, lm_head) when the logits are exactly lm_head(body(ids).last_hidden_state), a
+    linear map without bias (every supported family); None for any other causal LM."""
+    try:
+        p = parts(model)
+    except UnsupportedArchitecture:
+        return None
+    plain = isinstance(p.lm_head, nn.Linear) and p.lm_head.bias is None
+    return (p.body, p.lm_head) if plain else None
+
+
+def logits_and_keys_at(model, input_ids: torch.Tensor, at: torch.Tensor, key: str | None = "mlp_input"):
+    """LM logits (N, V) and kNN keys (N, d) at the N positions where `at` (B, T) is true.
+
+    A model of a supported family runs its head at those positions only: scoring
+    the answer tokens of many prompts then builds no (B, T, V) logits. Any other
+    causal LM (``key=None``) is scored from its full logits.
+    """
+    split = head_split(model)
+    if split is None:
+        logits, keys = logits_and_keys(model, input_ids, key)
+        return logits[at], None if keys is None else keys[at]
+    body, head = split
+    if key is None:
+        return head(body(input_ids=input_ids, use_cache=False).last_hidden_state[at]), None
+    with capture_enc(model) as seen:
+        z = body(input_ids=input_ids, use_cache=False).last_hidden_state
+    return head(z[at]), _key_of(model, seen, key)[at]
 
 
 def keys_only(model, input_ids: torch.Tensor, key: str = "mlp_input") -> torch.Tensor:
