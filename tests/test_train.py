@@ -195,6 +195,67 @@ def test_loss_is_on_scored_targets_only():
         torch.testing.assert_close(train.lm_loss(lm, ids, scored), expected)
 
 
+def _reference_loss(lm, ids, scored):
+    """cross_entropy over the model's full logits: the plain definition of lm_loss."""
+    logits = lm(input_ids=ids).logits[:, :-1]
+    targets = ids[:, 1:].masked_fill(~scored, -100)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
+def _loss_and_grads(lm, loss_fn, ids, scored):
+    lm.zero_grad(set_to_none=True)
+    loss = loss_fn(lm, ids, scored)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+@pytest.mark.parametrize("untied", [False, True])
+def test_chunked_head_loss_matches_full_logits(monkeypatch, architecture, untied):
+    """Loss and every gradient equal cross_entropy over the full logits, over several chunks."""
+    lm = model.build_model(97, 2, 32, 4, 16, architecture=architecture, tie_word_embeddings=not untied, seed=1)
+    assert model.head_split(lm) is not None  # the chunked path is the one under test
+    ex = from_sequences([[5, 6, 7, 8, 9, 10, 11, 12], [3, 4, 5], [90, 80, 70, 60, 50, 40]], score_start=[2, 1, 0])
+    ids, _ = pad_batch(ex, [0, 1, 2])
+    scored = scored_mask(ex, [0, 1, 2], ids.size(1))
+    monkeypatch.setattr(train, "HEAD_CHUNK_CPU", 97 * 4)  # 4 rows a chunk: 11 scored targets, 3 chunks
+    loss, grads = _loss_and_grads(lm, train.lm_loss, ids, scored)
+    expected, expected_grads = _loss_and_grads(lm, _reference_loss, ids, scored)
+    torch.testing.assert_close(loss, expected)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_head_loss_under_bf16_autocast():
+    """The GPU path's dtypes (bf16 products, float32 weights) on the CPU: gradients keep the weights' dtype."""
+    lm = model.build_model(97, 2, 32, 4, 16, seed=1)
+    ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(0))
+    scored = torch.ones(3, 11, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = _loss_and_grads(lm, train.lm_loss, ids, scored)
+    expected, expected_grads = _loss_and_grads(lm, _reference_loss, ids, scored)
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=0)
+    head = "transformer.wte.weight"
+    assert grads[head].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(grads[head].flatten(), expected_grads[head].flatten(), dim=0)
+    assert cosine > 0.99
+
+
+def test_models_of_other_families_train_on_full_logits():
+    """A causal LM outside the known families (GPT-NeoX) falls back to its own logits."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=16)
+    lm = GPTNeoXForCausalLM(config)
+    assert model.head_split(lm) is None
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(0))
+    scored = torch.ones(2, 9, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(train.lm_loss(lm, ids, scored), _reference_loss(lm, ids, scored))
+
+
 def test_batches_are_a_function_of_seed_and_step():
     s = train.TrainSettings(checkpoints=[10], batch_size=7, seed=3)
     a = [train.batch_indices(k, 20, s) for k in range(10)]
