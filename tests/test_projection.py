@@ -54,6 +54,26 @@ def test_kl_directions_by_hand():
         projection.kl_rows(q, p, "sideways")
 
 
+@pytest.mark.parametrize("direction", ["paper", "reverse"])
+def test_closed_form_kl_gradient_equals_autograd(direction):
+    """SoftmaxKL's value and gradient equal autograd through kl_rows(log_softmax(.)); the
+    target has zero-probability tokens, which the reverse direction must skip."""
+    gen = torch.Generator().manual_seed(7)
+    logits = (torch.randn(5, V, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    p = torch.softmax(torch.randn(5, V, generator=gen, dtype=torch.float64) * 3, -1)
+    p[:, :7] = 0.0
+    p = p / p.sum(-1, keepdim=True)
+    target = p.log() if direction == "reverse" else torch.log_softmax(torch.randn(5, V, generator=gen, dtype=torch.float64), -1)
+    weights = torch.rand(5, generator=gen, dtype=torch.float64)  # a weighted sum: each row's own gradient scale
+    kl = projection.SoftmaxKL.apply(logits, target, direction)
+    (grad,) = torch.autograd.grad((kl * weights).sum(), logits)
+    expected_kl = projection.kl_rows(torch.log_softmax(logits, -1), target, direction)
+    (expected_grad,) = torch.autograd.grad((expected_kl * weights).sum(), logits)
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(kl, expected_kl)
+    torch.testing.assert_close(grad, expected_grad)
+
+
 def test_lbfgs_reaches_the_convex_reverse_kl_optimum(head):
     """KL[p || f(z)] is convex in z: L-BFGS drives its gradient W^T(f(z) - p) to zero, and
     no long Adam run gets a lower KL."""

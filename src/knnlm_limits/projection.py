@@ -45,6 +45,40 @@ def kl_rows(log_q: torch.Tensor, log_p: torch.Tensor, direction: str = "paper") 
     raise ValueError(f"KL direction {direction!r} is not one of {DIRECTIONS}")
 
 
+class SoftmaxKL(torch.autograd.Function):
+    """kl_rows(log_softmax(logits), target_logp, direction), with the gradient w.r.t. the
+    logits in closed form (q = softmax(logits), p the target):
+
+        paper    KL[q || p]:  dKL/dlogits = q * (log q - log p - KL)
+        reverse  KL[p || q]:  dKL/dlogits = q - p
+
+    Autograd through log_softmax, exp and the product makes about twice as many
+    passes over the (N, V) tensors, and the projection does little else.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target_logp, direction):
+        log_q = torch.log_softmax(logits, -1)
+        q = log_q.exp()
+        if direction == "paper":
+            diff = log_q.sub_(target_logp)  # log q - log p
+            kl = (q * diff).sum(-1)
+            grad = q.mul_(diff.sub_(kl.unsqueeze(-1)))
+        elif direction == "reverse":
+            p = target_logp.exp()
+            kl = (p * (target_logp - log_q)).masked_fill(p == 0, 0.0).sum(-1)
+            grad = q.sub_(p)
+        else:
+            raise ValueError(f"KL direction {direction!r} is not one of {DIRECTIONS}")
+        ctx.save_for_backward(grad)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_kl.unsqueeze(-1), None, None
+
+
 def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: float,
             solver: str = "adam", direction: str = "paper"):
     """Minimise KL between softmax(head(z)) and the target, for every row at once.
@@ -71,7 +105,7 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            kl = kl_rows(torch.log_softmax(head(z), -1), target_logp, direction)
+            kl = SoftmaxKL.apply(head(z), target_logp, direction)
             trace.append(min(trace[-1], kl.mean().item()) if trace else kl.mean().item())
             kl.sum().backward()
             return kl.sum()
@@ -87,7 +121,7 @@ def project(head, z0: torch.Tensor, target_logp: torch.Tensor, steps: int, lr: f
         raise ValueError(f"projection solver {solver!r} is not 'adam', 'sgd' or 'lbfgs'")
     trace = []
     for _ in range(steps):
-        kl = kl_rows(torch.log_softmax(head(z), -1), target_logp, direction)
+        kl = SoftmaxKL.apply(head(z), target_logp, direction)
         trace.append(kl.mean().item())
         opt.zero_grad(set_to_none=True)
         kl.sum().backward()
