@@ -39,3 +39,26 @@ def test_vocabulary_comparison_names_the_model_key(small_tokenizer, tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(tokenizer.TokenizerError, match=r"'overspecification\.base_model'.*tokenizer\.pretrained"):
         tokenizer.check_same_vocabulary(tmp_path / "ours", tmp_path / "other", "overspecification.base_model")
+
+
+def test_load_without_autotokenizer_is_the_same_tokenizer(small_tokenizer, tmp_path):
+    """tokenizer.load skips AutoTokenizer (and its torch import) for a plain tokenizer.json;
+    what it returns encodes, decodes and applies a chat template exactly as AutoTokenizer's."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    small_tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    small_tokenizer.save_pretrained(tmp_path)
+    ours, auto = tokenizer.load(tmp_path), AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "".join(corpus.synthetic_lines(40, seed=[5, 5]))
+    assert type(ours) is type(auto)
+    assert ours(text, add_special_tokens=False)["input_ids"] == auto(text, add_special_tokens=False)["input_ids"]
+    assert (ours.eos_token_id, ours.pad_token_id, len(ours)) == (auto.eos_token_id, auto.pad_token_id, len(auto))
+    chat = [{"role": "user", "content": "who?"}, {"role": "assistant", "content": "Ana"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == auto.apply_chat_template(chat, tokenize=False)
+    probe = f"import sys; from knnlm_limits import tokenizer; tokenizer.load({str(tmp_path)!r}); print('torch' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                              env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert imported == "False"

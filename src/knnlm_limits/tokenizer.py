@@ -67,7 +67,20 @@ def build(settings: dict, train_file):
     return train_bpe(read_lines(train_file), settings["vocab_size"])
 
 
+# Tokenizer classes that are a tokenizer.json and nothing more (train_bpe saves one).
+# They load without AutoTokenizer, whose config machinery imports torch: 2 s
+# instead of 6 s for each tokenizing job.
+PLAIN_FAST_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load(path):
+    """The tokenizer saved in folder `path`."""
+    config = Path(path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    if declared in PLAIN_FAST_CLASSES:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
