@@ -7,6 +7,11 @@
 #   overspecification/seed-<seed>           Figure 2's runs
 #   chat                                    Figure 3's fine-tuned chat model
 # Each setting is a wildcard of its own; nothing is parsed back out of a name.
+#
+# Priorities: Table 1's chain (train_corpus_lm -> datastore -> index -> knn_search
+# -> projection -> table1) is the longest path, 20; the other chains that wait for
+# the corpus LM (Figure 2's runs, Figure 3's fine-tuning) 10; Figure 1's runs,
+# which wait for nothing, fill the other cores around them.
 import re
 
 from knnlm_limits.config import pretrained_models

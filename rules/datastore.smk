@@ -13,7 +13,7 @@ rule datastore:
         f"{LOGS}/datastore/{{model}}/step-{{step}}.log",
     benchmark:
         f"{BENCH}/datastore/{{model}}/step-{{step}}.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: threads("embed")

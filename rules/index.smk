@@ -11,7 +11,7 @@ rule index:
         f"{LOGS}/index/{{model}}/step-{{step}}.log",
     benchmark:
         f"{BENCH}/index/{{model}}/step-{{step}}.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: threads("index")

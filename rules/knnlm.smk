@@ -17,7 +17,7 @@ rule knn_search:
         f"{LOGS}/knn/{{model}}/step-{{step}}.log",
     benchmark:
         f"{BENCH}/knn/{{model}}/step-{{step}}.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: threads("embed")

@@ -16,6 +16,7 @@ rule overspecification_eval:
         f"{LOGS}/children/overspecification/seed-{{seed}}.log",
     benchmark:
         f"{BENCH}/children/overspecification/seed-{{seed}}.tsv"
+    priority: 10
     group:
         "overspecification_run"
     conda:

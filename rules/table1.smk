@@ -17,7 +17,7 @@ rule knnlm_grid:
         f"{LOGS}/table1/{{model}}/step-{{step}}/grid.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/grid.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: 1
@@ -49,7 +49,7 @@ rule projection:
         f"{LOGS}/table1/{{model}}/step-{{step}}/projection.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/projection.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: threads("embed")
@@ -83,7 +83,7 @@ rule table1:
         f"{LOGS}/table1/{{model}}/step-{{step}}/table1.log",
     benchmark:
         f"{BENCH}/table1/{{model}}/step-{{step}}/table1.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: 1

@@ -36,7 +36,7 @@ rule train_corpus_lm:
         f"{LOGS}/train/corpus_lm/{{shape}}.log",
     benchmark:
         f"{BENCH}/train/corpus_lm/{{shape}}.tsv"
-    priority: 10
+    priority: 20
     conda:
         ENV
     threads: threads("train")
@@ -93,6 +93,7 @@ rule train_overspecification:
         f"{LOGS}/train/overspecification/seed-{{seed}}.log",
     benchmark:
         f"{BENCH}/train/overspecification/seed-{{seed}}.tsv"
+    priority: 10
     group:
         "overspecification_run"
     conda:
