@@ -87,6 +87,13 @@ def test_logits_and_keys_at_positions_are_the_full_tensors_rows(case):
     assert torch.equal(key, mlp_input[at]) and no_key is None
 
 
+def test_logit_scaling_config_leaves_the_head_split():
+    """A config that scales or caps the logits (a family added later) gets the full-logits path."""
+    lm = tiny("llama")
+    lm.config.final_logit_softcapping = 30.0
+    assert M.head_split(lm) is None
+
+
 def test_logits_at_positions_of_any_causal_lm():
     """A model outside the families (GPT-NeoX) is scored from its full logits."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM

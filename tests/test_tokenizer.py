@@ -62,3 +62,16 @@ def test_load_without_autotokenizer_is_the_same_tokenizer(small_tokenizer, tmp_p
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                               env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}).stdout.strip()
     assert imported == "False"
+
+
+def test_a_model_folders_tokenizer_is_left_to_autotokenizer(small_tokenizer, tmp_path, monkeypatch):
+    """Next to a model's config.json, AutoTokenizer may pick the model type's own class."""
+    import transformers
+
+    small_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: calls.append(a) or real(*a, **k))
+    tokenizer.load(tmp_path)
+    assert calls == [(str(tmp_path),)]

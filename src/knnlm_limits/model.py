@@ -256,6 +256,10 @@ def logits_and_keys(model, input_ids: torch.Tensor, key: str | None = "mlp_input
     return logits, _key_of(model, seen, key)
 
 
+# Config fields of models whose logits are not lm_head(z) alone (Gemma 2, Cohere, Granite).
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def head_split(model):
     """(body, lm_head) when the logits are exactly lm_head(body(ids).last_hidden_state), a
     linear map without bias (every supported family); None for any other causal LM."""
@@ -264,7 +268,8 @@ def head_split(model):
     except UnsupportedArchitecture:
         return None
     plain = isinstance(p.lm_head, nn.Linear) and p.lm_head.bias is None
-    return (p.body, p.lm_head) if plain else None
+    transformed = any(getattr(model.config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
+    return (p.body, p.lm_head) if plain and not transformed else None
 
 
 def logits_and_keys_at(model, input_ids: torch.Tensor, at: torch.Tensor, key: str | None = "mlp_input"):

@@ -69,7 +69,8 @@ def build(settings: dict, train_file):
 
 # Tokenizer classes that are a tokenizer.json and nothing more (train_bpe saves one).
 # They load without AutoTokenizer, whose config machinery imports torch: 2 s
-# instead of 6 s for each tokenizing job.
+# instead of 6 s for each tokenizing job. A folder with a model's config.json is
+# left to AutoTokenizer, which may pick the model type's own class from it.
 PLAIN_FAST_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
@@ -77,7 +78,7 @@ def load(path):
     """The tokenizer saved in folder `path`."""
     config = Path(path) / "tokenizer_config.json"
     declared = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
-    if declared in PLAIN_FAST_CLASSES:
+    if declared in PLAIN_FAST_CLASSES and not (Path(path) / "config.json").is_file():
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast.from_pretrained(str(path))
