@@ -41,8 +41,9 @@ from .model import check_context, device_of, head_split
 from .tokens import Examples, pad_batch, scored_mask
 
 
-# Logits per chunk of HeadCrossEntropy: 2M floats (8 MB) was the fastest of 0.5M-32M
-# on a 2-core CPU (benchmarks/train_step.py); a GPU wants big matrix products.
+# Logits per chunk of HeadCrossEntropy. On a 2-core CPU 2M-32M floats all ran a step
+# 1.1-1.3x faster than full logits, 0.5M did not (benchmarks/train_step.py); 2M keeps
+# a chunk at 8 MB. A GPU wants big matrix products.
 HEAD_CHUNK_CPU = 2**21
 HEAD_CHUNK_CUDA = 2**26
 
