@@ -8,6 +8,7 @@ workflow job runs; the default shape is the default config's corpus LM.
 import argparse
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -15,10 +16,9 @@ from knnlm_limits import model, train
 
 
 def full_logits_loss(lm, ids, scored):
-    logits = lm(input_ids=ids, use_cache=False).logits
-    targets = torch.full_like(ids, -100)
-    targets[:, :-1] = ids[:, 1:].masked_fill(~scored, -100)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    """lm_loss's own path for models outside the known families: full logits + cross_entropy."""
+    with mock.patch.object(train, "head_split", lambda model: None):
+        return train.lm_loss(lm, ids, scored)
 
 
 def main():

@@ -95,8 +95,8 @@ class HeadCrossEntropy(torch.autograd.Function):
     once into dL/dz and dL/dW (the loss is the end of the graph, so the
     gradient is known in the forward pass; backward only scales it). Same
     three matrix products as logits + cross_entropy, without the full-size
-    log-softmax, its backward and the zero-filled gradient: about a quarter of
-    a CPU training step at a 16k vocabulary, and (N, V) floats of GPU memory.
+    log-softmax, its backward and the zero-filled gradient: 1.16-1.22x faster
+    CPU training steps at a 16k vocabulary, and (N, V) floats less GPU memory.
     """
 
     @staticmethod
