@@ -6,7 +6,7 @@ CORES ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: workflow test setup dry-run report lint rehearsal-models rehearsal unlock
+.PHONY: workflow test setup dry-run plan report lint rehearsal-models rehearsal unlock
 
 workflow: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) $(ARGS)
@@ -18,6 +18,11 @@ setup: $(VENV)/.installed
 
 dry-run: $(VENV)/.installed
 	$(VENV)/bin/snakemake -n $(ARGS)
+
+# Every job's estimated memory, GPU memory, disk and time beside its request, totals and
+# flags, e.g. make plan ARGS="--configfile config/paper.yaml" (exit 1 if a job is flagged).
+plan: $(VENV)/.installed
+	$(VENV)/bin/python -m knnlm_limits.plan $(ARGS)
 
 report: $(VENV)/.installed
 	$(VENV)/bin/snakemake --report report.html $(ARGS)

@@ -14,6 +14,9 @@
 # which wait for nothing, fill the other cores around them.
 import re
 
+from pathlib import Path
+
+from knnlm_limits import costs
 from knnlm_limits.config import pretrained_models
 
 R = config["results"]
@@ -21,6 +24,14 @@ LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
 ENV = "../envs/knnlm.yaml"
 CORPUS_MODEL = r"corpus_lm/[A-Za-z0-9_.=+-]+|pretrained/[A-Za-z0-9_.=+-]+"
+
+
+# Jobs that download from the Hugging Face hub run where the workflow is started:
+# compute nodes on many clusters have no internet.
+localrules:
+    corpus,
+    tokenizer,
+    import_pretrained,
 
 
 wildcard_constraints:
@@ -198,12 +209,51 @@ def index_settings():
 # ---------------------------------------------------------------- resources
 
 
-def res(kind, gpu=True):
-    """Snakemake resources of a stage kind from config.resources (its GPUs unless gpu=False)."""
-    r = config["resources"][kind]
-    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
-    if r["gpus"] and gpu:
-        out["gpu"] = r["gpus"]
+def _job_estimate(rule_name, kind, uses_gpu, wildcards):
+    """The cost model's estimate of one job (knnlm_limits/costs.py)."""
+    w = dict(wildcards.items())
+    if "name" in w and w["name"] in imported_models():
+        w["source"] = imported_models()[w["name"]][0]
+    return costs.estimate(
+        rule_name,
+        config,
+        w,
+        threads=threads(kind),
+        uses_gpu=uses_gpu,
+        base_dir=Path(workflow.basedir),
+    )
+
+
+def res(kind, rule_name, gpu=True):
+    """Snakemake resources of a job: memory and runtime from the cost model (raised on a
+    retry, between config.resources.<kind>'s floor and cap), the kind's GPUs unless
+    gpu=False, and the first cluster partition that fits."""
+    caps = config["resources"][kind]
+    uses_gpu = bool(caps["gpus"]) and gpu
+
+    def requested(w, attempt):
+        return costs.request(_job_estimate(rule_name, kind, uses_gpu, w), caps, attempt)
+
+    def partition(w, attempt):
+        est = _job_estimate(rule_name, kind, uses_gpu, w)
+        return costs.partition(config, est, requested(w, attempt)["runtime"])
+
+    out = {
+        "mem_mb": lambda w, attempt: requested(w, attempt)["mem_mb"],
+        "runtime": lambda w, attempt: requested(w, attempt)["runtime"],
+        "slurm_partition": partition,
+        # the estimate itself, for `make plan` to set beside the request (no scheduler reads these)
+        **{
+            f"est_{name}": (
+                lambda w, name=name: costs.as_resources(
+                    _job_estimate(rule_name, kind, uses_gpu, w)
+                )[name]
+            )
+            for name in costs.ESTIMATE_FIELDS
+        },
+    }
+    if uses_gpu:
+        out["gpu"] = caps["gpus"]
     return out
 
 

@@ -16,7 +16,7 @@ rule corpus:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "corpus"),
     params:
         hub_id=config["corpus"]["hub_id"],
         hub_config=config["corpus"]["hub_config"],
@@ -41,7 +41,7 @@ rule corpus_tokens:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "corpus_tokens"),
     params:
         block_size=config["corpus"]["block_size"],
         max_tokens=lambda w: (

@@ -18,7 +18,7 @@ rule datastore:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        **res("embed", "datastore"),
     params:
         key=config["knn"]["key"],
         batch_tokens=config["knn"]["batch_tokens"],

@@ -32,7 +32,7 @@ rule findings:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "findings"),
     params:
         settings=canon(config["findings"]),
         memorization_shapes=canon(config["memorization"]["shapes"]),

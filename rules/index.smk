@@ -16,7 +16,7 @@ rule index:
         ENV
     threads: threads("index")
     resources:
-        **res("index"),
+        **res("index", "index"),
     params:
         settings=index_settings(),
     script:

@@ -20,9 +20,11 @@ rule knn_search:
     priority: 20
     conda:
         ENV
-    threads: threads("embed")
+    # faiss-cpu searches here, and the LM pass over the evaluation splits is small:
+    # a CPU node's job ("index" resources), no GPU held while FAISS runs
+    threads: threads("index")
     resources:
-        **res("embed"),
+        **res("index", "knn_search"),
     params:
         k=config["knn"]["k"],
         key=config["knn"]["key"],

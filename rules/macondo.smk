@@ -25,7 +25,7 @@ rule macondo:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "macondo"),
     params:
         settings=canon(config["macondo"]),
     script:
@@ -48,6 +48,6 @@ rule chat_tokens:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "chat_tokens"),
     script:
         "../scripts/chat_tokens.py"

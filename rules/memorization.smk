@@ -24,7 +24,7 @@ rule memorization_eval:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        **res("embed", "memorization_eval"),
     params:
         steps=sorted(config["memorization"]["train"]["checkpoints"]),
         # LM-only runs (variants without a kNN-LM) read no kNN setting
@@ -66,7 +66,7 @@ rule figure1:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "figure1"),
     params:
         figure="figure1",
         runs=lambda w: [

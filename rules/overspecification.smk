@@ -23,7 +23,7 @@ rule overspecification_eval:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        **res("embed", "overspecification_eval"),
     params:
         steps=sorted(config["overspecification"]["train"]["checkpoints"]),
         knn=knn_settings(),
@@ -59,7 +59,7 @@ rule figure2:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "figure2"),
     params:
         figure="figure2",
         runs=[

@@ -31,7 +31,7 @@ rule figure3:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        **res("embed", "figure3"),
     params:
         title=f"({config['scale']['model']})",
     script:

@@ -22,7 +22,7 @@ rule knnlm_grid:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "knnlm_grid"),
     params:
         lambdas=config["table1"]["grid"]["lambda"],
         temperatures=config["table1"]["grid"]["temperature"],
@@ -54,7 +54,7 @@ rule projection:
         ENV
     threads: threads("embed")
     resources:
-        **res("embed"),
+        **res("embed", "projection"),
     params:
         settings=canon(config["table1"]["projection"]),
         lam=config["knn"]["lambda"],
@@ -88,7 +88,7 @@ rule table1:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "table1"),
     params:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],

@@ -14,7 +14,7 @@ rule tokenizer:
         ENV
     threads: 1
     resources:
-        **res("small"),
+        **res("small", "tokenizer"),
     params:
         pretrained=config["tokenizer"]["pretrained"],
         vocab_size=config["tokenizer"]["vocab_size"],

@@ -16,7 +16,7 @@ rule import_pretrained:
     threads: threads("embed")
     resources:
         # an embedding job's memory (the whole model in float32), no GPU
-        **res("embed", gpu=False),
+        **res("embed", "import_pretrained", gpu=False),
     params:
         source=lambda w: imported_models()[w.name][0],
         config_key=lambda w: imported_models()[w.name][1],
@@ -41,7 +41,7 @@ rule train_corpus_lm:
         ENV
     threads: threads("train")
     resources:
-        **res("train"),
+        **res("train", "train_corpus_lm"),
     params:
         train=train_params("corpus_lm"),
         shape=lambda w: canon(shape_of("corpus_lm", w.shape)),
@@ -70,7 +70,7 @@ rule train_memorization:
         ENV
     threads: threads("train")
     resources:
-        **res("train"),
+        **res("train", "train_memorization"),
     params:
         train=train_params("memorization"),
         shape=lambda w: canon(shape_of("memorization", w.shape)),
@@ -100,7 +100,7 @@ rule train_overspecification:
         ENV
     threads: threads("train")
     resources:
-        **res("train"),
+        **res("train", "train_overspecification"),
     params:
         train=train_params("overspecification"),
         seed=lambda w: int(w.seed),
@@ -124,7 +124,7 @@ rule train_scale:
         ENV
     threads: threads("train")
     resources:
-        **res("train"),
+        **res("train", "train_scale"),
     params:
         train=train_params("scale"),
         seed=config["scale"]["seed"],

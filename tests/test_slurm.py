@@ -62,14 +62,19 @@ def test_slurm_outputs_match_a_local_run(slurm, tiny_runs, tmp_path):
 
 
 def test_a_failing_job_is_reported_as_failed(slurm, tmp_path):
+    """A job that fails on a node (too short a test split to tokenize into one block);
+    the corpus and tokenizer before it are local rules (hub downloads) and succeed."""
     config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
+    for split, text in (("train", " The river was long . \n" * 200), ("valid", " a b \n"), ("test", " a b \n")):
+        (tmp_path / f"{split}.txt").write_text(text)
     config["corpus"]["synthetic"] = None
-    config["corpus"]["local_files"] = {"train": str(tmp_path / "missing.txt"), "valid": "x.txt", "test": "y.txt"}
+    config["corpus"]["local_files"] = {s: str(tmp_path / f"{s}.txt") for s in ("train", "valid", "test")}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     results = tmp_path / "results"
-    proc = run_on_slurm(path, results, ["data/corpus/train.txt"])
+    proc = run_on_slurm(path, results, ["data/tokens/corpus_test.npz"])
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Error in rule corpus" in out
-    assert not (results / "data/corpus/train.txt").exists()
+    assert "Error in rule corpus_tokens" in out
+    assert (results / "data/corpus/test.txt").is_file()  # the local rule ran
+    assert not (results / "data/tokens/corpus_test.npz").exists()

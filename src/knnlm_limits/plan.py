@@ -1,0 +1,205 @@
+"""A plan before booking a cluster: every job of a dry run, its estimated cost beside its request.
+
+    python -m knnlm_limits.plan --configfile config/paper.yaml [--csv plan.csv] [other snakemake args]
+
+Runs ``snakemake -n`` with the given arguments and reads each job's rule,
+wildcards, threads and resources from it: the request (``mem_mb``, ``runtime``,
+``gpu``, ``slurm_partition``) and the cost model's estimate (``est_*``, see
+knnlm_limits/costs.py). Prints one line per job, the totals (disk written,
+GPU-hours, CPU-hours) and every flag:
+
+- ``mem>req`` / ``time>req``: the estimate exceeds what the job asks for (its cap in
+  ``resources.<kind>`` is too low: it would be killed);
+- ``time>partition``: the request exceeds the partition's time limit;
+- ``gpu_mem>partition``: the estimate exceeds the GPU memory of the partition chosen;
+- ``group>partition``: a group's jobs, run one after the other in one SLURM job, add
+  up to more than the partition's time limit;
+- ``unknown``: a size the config does not give (set ``corpus.expected_tokens``).
+
+Exit status 1 if any job is flagged, so a script can refuse to submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Job:
+    rule: str
+    wildcards: str
+    threads: int
+    resources: dict
+    group: str | None
+    flags: list[str] = field(default_factory=list)
+
+    def r(self, name: str, default=0):
+        value = self.resources.get(name, default)
+        return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+_RULE = re.compile(r"^\s*(?:local)?rule (\w+):\s*$")
+_GROUP = re.compile(r"Group job (\S+) \(jobs")
+
+
+def parse_dry_run(text: str) -> list[Job]:
+    """Jobs of a `snakemake -n` printout (rule, wildcards, threads, resources, group)."""
+    jobs, current, group = [], None, None
+    for line in text.splitlines():
+        if (m := _GROUP.search(line)):
+            group = m[1]
+            continue
+        if (m := _RULE.match(line)):
+            if not line.startswith("    "):
+                group = None  # a job printed at the top level is in no group
+            current = Job(m[1], "", 1, {}, group)
+            jobs.append(current)
+            continue
+        if current is None:
+            continue
+        key, _, value = line.strip().partition(": ")
+        if key == "wildcards":
+            current.wildcards = value
+        elif key == "threads":
+            current.threads = int(value)
+        elif key == "resources":
+            current.resources = dict(item.split("=", 1) for item in value.split(", ") if "=" in item)
+    return [j for j in jobs if j.rule not in ("all", "all_table1")]
+
+
+def merged_config(configfiles: list[str], overrides: list[str]) -> dict:
+    """The config as Snakemake builds it: config.yaml, each --configfile on top, then --config."""
+    def update(base, new):
+        for key, value in new.items():
+            base[key] = update(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return base
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text()) or {}
+    for path in configfiles:
+        update(config, yaml.safe_load(Path(path).read_text()) or {})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        update(config, {key: yaml.safe_load(value)})
+    return validate(config, base_dir=ROOT)
+
+
+def check(jobs: list[Job], config: dict) -> None:
+    """Flag each job whose request cannot hold its estimate or that no partition can run."""
+    parts = {p["name"]: p for p in config["cluster"]["partitions"]}
+    for job in jobs:
+        part = parts.get(job.r("slurm_partition", ""))
+        if not job.r("est_known"):
+            job.flags.append("unknown")
+        else:
+            if job.r("est_mem_mb") > job.r("mem_mb"):
+                job.flags.append("mem>req")
+            if job.r("est_runtime") > job.r("runtime"):
+                job.flags.append("time>req")
+        if part is not None:
+            if job.r("runtime") > part["max_runtime"]:
+                job.flags.append("time>partition")
+            if job.r("gpu") and job.r("est_gpu_mem_mb") > part["gpu_mem_mb"]:
+                job.flags.append("gpu_mem>partition")
+    by_group = defaultdict(list)
+    for job in jobs:
+        if job.group:
+            by_group[(job.group, job.wildcards)].append(job)
+    for members in by_group.values():
+        part = parts.get(members[0].r("slurm_partition", ""))
+        total = sum(j.r("runtime") for j in members)
+        if part is not None and total > part["max_runtime"]:
+            for job in members:
+                job.flags.append("group>partition")
+
+
+def _hours(minutes: float) -> str:
+    return f"{minutes / 60:.1f} h" if minutes >= 60 else f"{minutes:.0f} min"
+
+
+def _gb(mb: float) -> str:
+    return f"{mb / 1000:.1f} GB" if mb >= 1000 else f"{mb:.0f} MB"
+
+
+def table(jobs: list[Job]) -> list[dict]:
+    rows = []
+    for job in jobs:
+        known = bool(job.r("est_known"))
+        rows.append({
+            "rule": job.rule, "wildcards": job.wildcards, "group": job.group or "",
+            "partition": job.r("slurm_partition", ""), "threads": job.threads, "gpus": job.r("gpu"),
+            "est_mem_mb": job.r("est_mem_mb") if known else None, "req_mem_mb": job.r("mem_mb"),
+            "est_gpu_mem_mb": job.r("est_gpu_mem_mb") if known else None,
+            "est_disk_mb": job.r("est_disk_mb") if known else None,
+            "est_minutes": job.r("est_runtime") if known else None, "req_minutes": job.r("runtime"),
+            "flags": " ".join(job.flags),
+        })
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    head = f"{'rule':<24} {'wildcards':<40} {'partition':<9} {'thr':>3} {'gpu':>3} " \
+           f"{'mem est/req':>19} {'GPU mem':>9} {'disk':>9} {'time est/req':>17}  flags"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        unknown = r["est_mem_mb"] is None
+        mem = f"{'?' if unknown else _gb(r['est_mem_mb'])}/{_gb(r['req_mem_mb'])}"
+        time = f"{'?' if unknown else _hours(r['est_minutes'])}/{_hours(r['req_minutes'])}"
+        gpu_mem = _gb(r["est_gpu_mem_mb"]) if r["gpus"] and not unknown else "-"
+        disk = "?" if unknown else _gb(r["est_disk_mb"])
+        lines.append(f"{r['rule']:<24} {r['wildcards'][:40]:<40} {r['partition']:<9} {r['threads']:>3} {r['gpus']:>3} "
+                     f"{mem:>19} {gpu_mem:>9} {disk:>9} {time:>17}  {r['flags']}")
+    known = [r for r in rows if r["est_mem_mb"] is not None]
+    disk = sum(r["est_disk_mb"] for r in known)
+    gpu_h = sum(r["est_minutes"] * r["gpus"] for r in known) / 60
+    cpu_h = sum(r["est_minutes"] * r["threads"] for r in known) / 60
+    flagged = [r for r in rows if r["flags"]]
+    lines += ["", f"{len(rows)} jobs; estimated disk written {_gb(disk)}, {gpu_h:.1f} GPU-hours, "
+                  f"{cpu_h:.1f} CPU-thread-hours (estimates of jobs whose sizes are known)",
+              f"{len(flagged)} job(s) flagged" if flagged else "no job flagged: every estimate is within its request "
+              "and every request within its partition"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configfile", nargs="+", default=[])
+    parser.add_argument("--config", nargs="+", default=[])
+    parser.add_argument("--csv", help="also write the table as CSV here")
+    args, rest = parser.parse_known_args(argv)
+    # many cores: a dry run caps each job's threads at --cores, and the plan is for a cluster
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "4096", *rest]
+    if args.configfile:
+        cmd += ["--configfile", *args.configfile]
+    if args.config:
+        cmd += ["--config", *args.config]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
+        return proc.returncode
+    jobs = parse_dry_run(proc.stdout)
+    check(jobs, merged_config(args.configfile, args.config))
+    rows = table(jobs)
+    print(report(rows))
+    if args.csv:
+        import pandas as pd
+
+        from . import io
+
+        io.write_csv(args.csv, pd.DataFrame(rows))
+    return 1 if any(r["flags"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The cost model and the plan: sizes against real objects, requests against their rules."""
+
+import faiss
+import pytest
+import torch  # noqa: F401  (transformers' model classes below)
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from knnlm_limits import costs, plan
+from knnlm_limits.config import validate
+
+
+def test_model_size_counts_the_parameters_a_model_has():
+    """The plan's parameter count of a config.json equals the model's own (to the norms and
+    position table it leaves out), for a tied GPT-2 and an untied gated Llama."""
+    gpt2 = GPT2Config(n_layer=3, n_embd=96, n_head=4, vocab_size=1000, n_positions=64)
+    llama = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=176, num_attention_heads=4,
+                        num_key_value_heads=4, vocab_size=900, tie_word_embeddings=False)
+    for cfg, cls in ((gpt2, GPT2LMHeadModel), (llama, LlamaForCausalLM)):
+        real = sum(p.numel() for p in cls(cfg).parameters())
+        assert costs.model_size(cfg.to_dict())["params"] == pytest.approx(real, rel=0.06)
+
+
+@pytest.mark.parametrize("factory, dim", [("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32)])
+def test_ivf_shape_matches_faiss(factory, dim):
+    index = faiss.index_factory(dim, factory)
+    ivf = faiss.extract_index_ivf(index)
+    assert costs._ivf_shape(factory, dim) == (ivf.nlist, ivf.code_size)
+
+
+def test_estimates_grow_with_the_data_and_not_otherwise():
+    """4x the training tokens: 4x the datastore's disk, its memory by exactly the measured
+    per-token cost; the evaluation jobs do not change."""
+    small, big = (plan.merged_config([], [f"corpus={{max_train_tokens: {n}}}"]) for n in (100_000, 400_000))
+    w = {"model": "corpus_lm/4x128", "step": "150"}
+    a, b = (costs.estimate("datastore", c, w) for c in (small, big))
+    assert b.disk_mb == pytest.approx(4 * a.disk_mb)
+    per_token = costs.table()["measured"]["datastore_bytes_per_token"]
+    assert (b.mem_mb - a.mem_mb) * 1e6 == pytest.approx(300_000 * per_token)
+    assert costs.estimate("knnlm_grid", small, w).mem_mb == costs.estimate("knnlm_grid", big, w).mem_mb
+
+
+def test_unknown_sizes_request_the_caps():
+    config = validate({"corpus": {"max_train_tokens": None}})
+    est = costs.estimate("corpus_tokens", config, {"split": "train"})
+    assert not est.known
+    assert costs.request(est, config["resources"]["small"]) == {"mem_mb": 4000, "runtime": 60}
+    assert costs.split_tokens(validate({"corpus": {"max_train_tokens": None, "expected_tokens": {"train": 7}}}),
+                              "train") == 7
+
+
+def test_requests_rise_with_the_attempt_between_floor_and_cap():
+    caps = {"mem_mb": 10_000, "runtime": 100, "min_mem_mb": 1000, "min_runtime": 5}
+    est = costs.Estimate(mem_mb=2000, minutes=20)
+    first, second, fifth = (costs.request(est, caps, attempt) for attempt in (1, 2, 5))
+    assert first == {"mem_mb": 2000 * costs.MEM_MARGIN, "runtime": 20 * costs.TIME_MARGIN}
+    assert second["mem_mb"] == 2 * first["mem_mb"] and second["runtime"] == 2 * first["runtime"]
+    assert fifth == {"mem_mb": 10_000, "runtime": 100}
+    assert costs.request(costs.Estimate(mem_mb=1, minutes=0.1), caps) == {"mem_mb": 1000, "runtime": 5}
+
+
+def test_partition_has_the_gpu_memory_and_the_time():
+    config = validate({"cluster": {"partitions": [
+        {"name": "cpu", "max_runtime": 600}, {"name": "cpu-long", "max_runtime": 4000},
+        {"name": "gpu40", "gpu_mem_mb": 40_000}, {"name": "gpu80", "gpu_mem_mb": 80_000}]}})
+    assert costs.partition(config, costs.Estimate(1, 1), 60) == "cpu"
+    assert costs.partition(config, costs.Estimate(1, 1), 1000) == "cpu-long"
+    assert costs.partition(config, costs.Estimate(1, 1, gpu_mem_mb=30_000, uses_gpu=True), 60) == "gpu40"
+    assert costs.partition(config, costs.Estimate(1, 1, gpu_mem_mb=60_000, uses_gpu=True), 60) == "gpu80"
+    # nothing big enough: the biggest (and the plan flags it)
+    assert costs.partition(config, costs.Estimate(1, 1, gpu_mem_mb=90_000, uses_gpu=True), 60) == "gpu80"
+
+
+@pytest.mark.parametrize("configs", [["config/paper.yaml"], ["config/paper.yaml", "config/paper-sweep.yaml"]])
+def test_paper_plan_fits_its_requests_and_partitions(configs, capsys):
+    """make plan on the paper configs: every estimate within its request, every request
+    within 48 h and within the GPU memory of its partition, GPUs only where a job uses one."""
+    assert plan.main(["--configfile", *configs, "--csv", "/dev/null"]) == 0
+    out = capsys.readouterr().out
+    assert "no job flagged" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line and not line[0].isspace()}
+    assert rows["knn_search"].split()[4] == "cpu" or " cpu " in rows["knn_search"]
+    assert " gpu " in rows["train_corpus_lm"] and " gpu " in rows["train_scale"]
+
+
+def test_plan_flags_a_request_below_its_estimate_and_a_group_over_its_partition(capsys):
+    code = plan.main(["--configfile", "config/paper.yaml", "--config",
+                      "resources={train: {mem_mb: 1000, runtime: 2880, gpus: 1, threads: 8}}",
+                      "cluster={partitions: [{name: cpu, max_runtime: 2880}, {name: gpu, max_runtime: 15, gpu_mem_mb: 81920}]}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    flagged = [line for line in out.splitlines() if line.startswith("train_corpus_lm")][0]
+    assert "mem>req" in flagged and "time>partition" in flagged
+
+
+def test_a_group_is_flagged_when_its_jobs_add_up_past_the_partition():
+    config = validate({"cluster": {"partitions": [{"name": "gpu", "max_runtime": 100, "gpu_mem_mb": 1}]}})
+    res = {"slurm_partition": "gpu", "est_known": "1", "runtime": "60", "mem_mb": "10", "est_mem_mb": "1", "est_runtime": "1"}
+    jobs = [plan.Job("train", "seed=0", 1, res, "run"), plan.Job("eval", "seed=0", 1, res, "run"),
+            plan.Job("train", "seed=1", 1, res, None)]
+    plan.check(jobs, config)
+    assert [j.flags for j in jobs] == [["group>partition"], ["group>partition"], []]
+
+
+def test_parse_dry_run_reads_groups_threads_and_resources():
+    text = """
+[Wed Dec  2 13:32:52 2026]
+rule corpus:
+    output: a.txt
+    resources: tmpdir=/tmp, runtime=17, slurm_partition=cpu, est_known=1, est_mem_mb=7, mem_mb=8000
+[Wed Dec  2 13:32:52 2026] Group job run (jobs in lexicogr. order):
+
+    [Wed Dec  2 13:32:52 2026]
+    rule train:
+        wildcards: seed=0
+        threads: 8
+        resources: tmpdir=/tmp, runtime=5, gpu=1, mem_mb=3495
+[Wed Dec  2 13:32:52 2026]
+rule all:
+    input: a.txt
+"""
+    jobs = plan.parse_dry_run(text)
+    assert [(j.rule, j.group, j.threads, j.wildcards) for j in jobs] == [("corpus", None, 1, ""), ("train", "run", 8, "seed=0")]
+    assert jobs[0].r("est_mem_mb") == 7 and jobs[1].r("gpu") == 1 and jobs[0].r("slurm_partition") == "cpu"
