@@ -1,6 +1,7 @@
 """The cost model and the plan: sizes against real objects, requests against their rules."""
 
 import faiss
+import pandas as pd
 import pytest
 import torch  # noqa: F401  (transformers' model classes below)
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -71,15 +72,18 @@ def test_partition_has_the_gpu_memory_and_the_time():
 
 
 @pytest.mark.parametrize("configs", [["config/paper.yaml"], ["config/paper.yaml", "config/paper-sweep.yaml"]])
-def test_paper_plan_fits_its_requests_and_partitions(configs, capsys):
+def test_paper_plan_fits_its_requests_and_partitions(configs, capsys, tmp_path):
     """make plan on the paper configs: every estimate within its request, every request
     within 48 h and within the GPU memory of its partition, GPUs only where a job uses one."""
-    assert plan.main(["--configfile", *configs, "--csv", "/dev/null"]) == 0
-    out = capsys.readouterr().out
-    assert "no job flagged" in out
-    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line and not line[0].isspace()}
-    assert rows["knn_search"].split()[4] == "cpu" or " cpu " in rows["knn_search"]
-    assert " gpu " in rows["train_corpus_lm"] and " gpu " in rows["train_scale"]
+    assert plan.main(["--configfile", *configs, "--csv", str(tmp_path / "plan.csv")]) == 0
+    assert "no job flagged" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "plan.csv")
+    assert (rows.est_mem_mb <= rows.req_mem_mb).all() and (rows.est_minutes <= rows.req_minutes).all()
+    assert rows.req_minutes.max() <= 48 * 60 and rows["flags"].isna().all()
+    by_rule = rows.groupby("rule")
+    assert set(by_rule.get_group("knn_search").partition) == {"cpu"} and (by_rule.get_group("knn_search").gpus == 0).all()
+    for rule in ("train_corpus_lm", "train_scale", "datastore"):
+        assert set(by_rule.get_group(rule).partition) == {"gpu"}
 
 
 def test_plan_flags_a_request_below_its_estimate_and_a_group_over_its_partition(capsys):
