@@ -7,5 +7,6 @@ with logged(snakemake) as log:
     p = snakemake.params
     lm = model.load_lm(snakemake.input.init)
     settings = train.TrainSettings(**p.train, seed=p.seed)
-    out_dirs = {int(d.rsplit("step-", 1)[1]): d for d in snakemake.output}
+    # the outputs are one folder per checkpoint, in the order of the config's list (ckpt_dirs)
+    out_dirs = dict(zip(settings.checkpoints, snakemake.output, strict=True))
     train.train(lm, Examples.load(snakemake.input.examples), settings, out_dirs, p.work_dir, log=log)

@@ -15,5 +15,6 @@ with logged(snakemake) as log:
     lm = model.build_model(vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
                            eos_token_id=tok.eos_token_id, seed=p.seed, **shape).to(model.best_device())
     settings = train.TrainSettings(**p.train, seed=p.seed)
-    out_dirs = {int(d.rsplit("step-", 1)[1]): d for d in snakemake.output}
+    # the outputs are one folder per checkpoint, in the order of the config's list (ckpt_dirs)
+    out_dirs = dict(zip(settings.checkpoints, snakemake.output, strict=True))
     train.train(lm, examples, settings, out_dirs, p.work_dir, log=log)
