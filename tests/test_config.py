@@ -14,8 +14,14 @@ def test_defaults_are_filled():
     assert cfg["knn"]["k"] == 1024 and cfg["knn"]["lambda"] == 0.25 and cfg["knn"]["temperature"] == 1.0
     assert cfg["knn"]["exact_index"] == "exact" and cfg["knn"]["rerank"] is False
     assert cfg["macondo"]["n_villagers"] == 500 and cfg["macondo"]["n_parents"] == 100
-    assert cfg["memorization"]["train"]["batch_size"] == 32
+    assert cfg["memorization"]["train"]["batch_size"] == 16
     assert cfg["corpus_lm"]["shapes"][0]["architecture"] == "gpt2"
+
+
+def test_config_yaml_states_exactly_the_schema_defaults():
+    """The schema is where a default lives; config.yaml shows the default run with comments
+    and must not say otherwise (every other config is merged over it)."""
+    assert validate(yaml.safe_load((ROOT / "config.yaml").read_text())) == validate({})
 
 
 def test_partial_section_keeps_given_values():
