@@ -2,7 +2,7 @@
 # Language Model Training" (Chiang et al.). Stages, one rule file each:
 #   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
 #   -> table1 (projection) / memorization (Figure 1) / overspecification
-#   (Figure 2) / scale (Figure 3) -> findings
+#   (Figure 2) / chat (Figure 3) -> findings
 import sys
 from pathlib import Path
 
@@ -33,7 +33,7 @@ include: "rules/knnlm.smk"
 include: "rules/table1.smk"
 include: "rules/memorization.smk"
 include: "rules/overspecification.smk"
-include: "rules/scale.smk"
+include: "rules/chat.smk"
 include: "rules/findings.smk"
 
 

@@ -95,8 +95,8 @@ def imported_models():
     """{folder name: (hub id or path, config key naming it)} of every model imported with
     from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat model."""
     named = pretrained_models(config)
-    if config["scale"]["model"] != "corpus_lm":
-        named.setdefault(config["scale"]["model"], "scale.model")
+    if config["chat"]["model"] != "corpus_lm":
+        named.setdefault(config["chat"]["model"], "chat.model")
     return {slug(name): (name, key) for name, key in named.items()}
 
 
@@ -149,9 +149,9 @@ def point_scale(model, step):
     return {"model": model, "step": None, "train_tokens": None}
 
 
-def scale_tokenizer():
-    """The tokenizer of the Figure 3 model: the workflow's, or the imported model's own."""
-    name = config["scale"]["model"]
+def chat_tokenizer():
+    """The tokenizer of Figure 3's chat model: the workflow's, or the imported model's own."""
+    name = config["chat"]["model"]
     model, step = base_model(name)
     if model.startswith("corpus_lm/"):
         return f"{R}/data/tokenizer"

@@ -38,6 +38,6 @@ rule findings:
         memorization_shapes=canon(config["memorization"]["shapes"]),
         # the models Figures 2 and 3 fine-tuned, as (model, step)
         base_model=base_model(config["overspecification"]["base_model"]),
-        chat_model=base_model(config["scale"]["model"]),
+        chat_model=base_model(config["chat"]["model"]),
     script:
         "../scripts/findings.py"

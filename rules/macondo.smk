@@ -34,7 +34,7 @@ rule macondo:
 
 rule chat_tokens:
     input:
-        tokenizer=scale_tokenizer(),
+        tokenizer=chat_tokenizer(),
         chat=rules.macondo.output.chat,
         prompts=rules.macondo.output.prompts,
     output:

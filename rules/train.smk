@@ -21,7 +21,7 @@ rule import_pretrained:
         source=lambda w: imported_models()[w.name][0],
         config_key=lambda w: imported_models()[w.name][1],
         # Figure 3's chat model reads its own token files; every other model reads the workflow's
-        reads_workflow_tokens=lambda w: imported_models()[w.name][1] != "scale.model",
+        reads_workflow_tokens=lambda w: imported_models()[w.name][1] != "chat.model",
     script:
         "../scripts/import_pretrained.py"
 
@@ -109,12 +109,12 @@ rule train_overspecification:
         "../scripts/finetune.py"
 
 
-rule train_scale:
+rule train_chat:
     input:
         examples=tokens("chat_v2_train"),
-        init=model_dir(*base_model(config["scale"]["model"])),
+        init=model_dir(*base_model(config["chat"]["model"])),
     output:
-        ckpt_dirs("chat", "scale"),
+        ckpt_dirs("chat", "chat"),
     log:
         f"{LOGS}/train/chat.log",
     benchmark:
@@ -124,10 +124,10 @@ rule train_scale:
         ENV
     threads: threads("train")
     resources:
-        **res("train", "train_scale"),
+        **res("train", "train_chat"),
     params:
-        train=train_params("scale"),
-        seed=config["scale"]["seed"],
+        train=train_params("chat"),
+        seed=config["chat"]["seed"],
         work_dir=f"{R}/models/chat/.work",
     script:
         "../scripts/finetune.py"

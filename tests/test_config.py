@@ -42,7 +42,7 @@ def test_partial_section_keeps_given_values():
         ({"table1": {"projection": {"direction": "sideways"}}}, "table1.projection.direction"),
         ({"memorization": {"seeds": [0, -1]}}, "memorization.seeds.1"),
         ({"overspecification": {"seeds": [-3]}}, "overspecification.seeds.0"),
-        ({"scale": {"seed": -1}}, "scale.seed"),
+        ({"chat": {"seed": -1}}, "chat.seed"),
         ({"macondo": {"n_parents": 11}}, "macondo.n_parents"),
         ({"macondo": {"n_villagers": 100}}, "macondo.n_villagers"),
         ({"corpus": {"local_files": {"train": "a.txt", "valid": "b.txt[0.1.2:]", "test": "c.txt"}}}, "corpus.local_files.valid"),
@@ -116,7 +116,7 @@ def test_local_model_of_an_unsupported_architecture_is_refused_at_planning(small
         validate({"corpus_lm": {"pretrained": [neox]}})
     with pytest.raises(ConfigError, match=r"overspecification\.base_model.*'gpt_neox'"):
         validate({"overspecification": {"base_model": neox}})
-    validate({"scale": {"model": neox}})  # Figure 3 scores with logits alone: any architecture
+    validate({"chat": {"model": neox}})  # Figure 3 scores with logits alone: any architecture
 
 
 def test_local_model_with_another_tokenizer_is_refused_at_planning(small_tokenizer, tmp_path):
@@ -153,3 +153,14 @@ def test_shipped_configs_validate(name):
 def test_every_shipped_config_is_listed_here():
     shipped = {str(p.relative_to(ROOT)) for p in [*ROOT.glob("config/*.yaml"), *ROOT.glob(".tests/*.yaml")]}
     assert shipped | {"config.yaml"} == set(SHIPPED)
+
+
+def test_old_scale_section_is_read_as_chat_with_one_warning(tmp_path):
+    """Figure 3's section was `scale`; a config that still says so plans the same chat jobs
+    and is warned once, with the new name."""
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"scale": {"train": {"checkpoints": [7]}}}))
+    proc = snakemake("-n", "--configfile", ".tests/config.yaml", str(old), "--config", f"results={tmp_path}/r")
+    out = proc.stdout + proc.stderr
+    assert out.count("config key 'scale' is now 'chat'") == 1
+    assert planned_jobs(proc.stdout)["train_chat"] == 1 and f"{tmp_path}/r/models/chat/step-7" in out

@@ -82,7 +82,7 @@ def test_paper_plan_fits_its_requests_and_partitions(configs, capsys, tmp_path):
     assert rows.req_minutes.max() <= 48 * 60 and rows["flags"].isna().all()
     by_rule = rows.groupby("rule")
     assert set(by_rule.get_group("knn_search").partition) == {"cpu"} and (by_rule.get_group("knn_search").gpus == 0).all()
-    for rule in ("train_corpus_lm", "train_scale", "datastore"):
+    for rule in ("train_corpus_lm", "train_chat", "datastore"):
         assert set(by_rule.get_group(rule).partition) == {"gpu"}
 
 

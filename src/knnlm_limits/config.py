@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -72,12 +73,36 @@ def coerce(value, schema: dict, root: dict):
     return coerce(parsed, schema, root) if _fits(parsed, types) else value
 
 
+# Sections renamed, still read for one release: old name -> new name.
+RENAMED = {"scale": "chat"}
+_warned: set[str] = set()
+
+
+def read_renamed(config: dict) -> None:
+    """Move a renamed section to its new name (merged over it, as a later config file would
+    be), warning once per process with the new name."""
+    from snakemake.utils import update_config
+
+    for old, new in RENAMED.items():
+        if old not in config:
+            continue
+        if old not in _warned:
+            _warned.add(old)
+            # stderr, not warnings.warn: Snakemake filters Python warnings out of its output
+            print(f"Warning: config key {old!r} is now {new!r}: read as {new!r} for this release; rename it",
+                  file=sys.stderr)
+        merged = config.get(new) or {}
+        update_config(merged, config.pop(old) or {})
+        config[new] = merged
+
+
 def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:
     """Validate `config` in place (defaults filled); ConfigError names the bad key."""
     import jsonschema
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as snakemake_validate
 
+    read_renamed(config)
     root = yaml.safe_load(Path(schema).read_text())
     config.update(coerce(config, root, root))
     try:

@@ -212,9 +212,9 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
     if rule == "train_overspecification":
         size = named_model_size(config, config["overspecification"]["base_model"], base_dir)
         return _training(config, "overspecification", size, m["macondo_tokens_per_example"], uses_gpu, threads)
-    if rule == "train_scale":
-        size = named_model_size(config, config["scale"]["model"], base_dir)
-        return _training(config, "scale", size, m["chat_tokens_per_example"], uses_gpu, threads)
+    if rule == "train_chat":
+        size = named_model_size(config, config["chat"]["model"], base_dir)
+        return _training(config, "chat", size, m["chat_tokens_per_example"], uses_gpu, threads)
     if rule == "import_pretrained":
         size = named_model_size(config, wildcards.get("source", ""), base_dir)
         if size is None:
@@ -257,7 +257,7 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
         return Estimate(mem, seconds / 60, (solver_mb + size["params"] * 4 / MB) if uses_gpu else 0.0, 0.0, uses_gpu)
     if rule in ("memorization_eval", "overspecification_eval", "figure3"):
         section = {"memorization_eval": "memorization", "overspecification_eval": "overspecification",
-                   "figure3": "scale"}[rule]
+                   "figure3": "chat"}[rule]
         if rule == "memorization_eval":
             shape = next(s for s in config["memorization"]["shapes"] if s["name"] == wildcards["shape"])
             size = shape_size(config, shape, base_dir)

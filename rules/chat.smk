@@ -6,7 +6,7 @@
 
 rule figure3:
     input:
-        model=model_dir("chat", last(config["scale"]["train"]["checkpoints"])),
+        model=model_dir("chat", last(config["chat"]["train"]["checkpoints"])),
         examples=tokens("chat_prompts_v1"),
         prompts=rules.macondo.output.prompts,
     output:
@@ -33,6 +33,6 @@ rule figure3:
     resources:
         **res("embed", "figure3"),
     params:
-        title=f"({config['scale']['model']})",
+        title=f"({config['chat']['model']})",
     script:
         "../scripts/figure3.py"
