@@ -10,17 +10,7 @@ rule figure3:
         examples=tokens("chat_prompts_v1"),
         prompts=rules.macondo.output.prompts,
     output:
-        png=report(
-            f"{R}/figure3/figure3.png",
-            caption="../report/figure3.rst",
-            category="Figure 3",
-        ),
-        pdf=f"{R}/figure3/figure3.pdf",
-        csv=report(
-            f"{R}/figure3/figure3.csv",
-            caption="../report/figure3.rst",
-            category="Figure 3",
-        ),
+        **figure_outputs(f"{R}/figure3", "figure3"),
         rows=f"{R}/figure3/children.csv",
     log:
         f"{LOGS}/figure3.log",

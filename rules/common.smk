@@ -23,7 +23,10 @@ R = config["results"]
 LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
 ENV = "../envs/knnlm.yaml"
-CORPUS_MODEL = r"corpus_lm/[A-Za-z0-9_.=+-]+|pretrained/[A-Za-z0-9_.=+-]+"
+# what a name in a path may hold (shape names, imported model folders)
+NAME_CHARS = r"A-Za-z0-9_.=+-"
+NAME = f"[{NAME_CHARS}]+"
+CORPUS_MODEL = f"corpus_lm/{NAME}|pretrained/{NAME}"
 
 
 # Jobs that download from the Hugging Face hub run where the workflow is started:
@@ -36,8 +39,8 @@ localrules:
 
 wildcard_constraints:
     model=CORPUS_MODEL,
-    shape=r"[A-Za-z0-9_.=+-]+",
-    name=r"[A-Za-z0-9_.=+-]+",
+    shape=NAME,
+    name=NAME,
     step=r"\d+",
     split=r"train|valid|test",
     variant=r"full|no_last_mlp",
@@ -60,6 +63,31 @@ def last(steps):
 
 def model_dir(model, step):
     return f"{R}/models/{model}/step-{step}"
+
+
+def work_dir(model):
+    """Where a training run keeps its resumable state and checkpoints until it publishes them."""
+    return f"{R}/models/{model}/.work"
+
+
+def windowing():
+    """The settings that cut a corpus stream into evaluation / datastore windows: every
+    rule that lines its positions up with another's reads exactly these."""
+    return {
+        "block_size": config["corpus"]["block_size"],
+        "stride": config["corpus"]["stride"],
+    }
+
+
+def figure_outputs(folder, name):
+    """A figure as PNG and PDF with its numbers as CSV; the PNG and CSV go into the report
+    with the caption report/<name>.rst."""
+    caption, category = f"../report/{name}.rst", name.replace("figure", "Figure ")
+    return {
+        "png": report(f"{folder}/{name}.png", caption=caption, category=category),
+        "pdf": f"{folder}/{name}.pdf",
+        "csv": report(f"{folder}/{name}.csv", caption=caption, category=category),
+    }
 
 
 def tokens(name):
@@ -88,7 +116,7 @@ def table1_dir(model, step):
 
 def slug(name):
     """A hub id or path as a folder name: 'openai-community/gpt2' -> 'openai-community--gpt2'."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "--", str(name)).strip("-.") or "model"
+    return re.sub(f"[^{NAME_CHARS}]+", "--", str(name)).strip("-.") or "model"
 
 
 def imported_models():

@@ -5,7 +5,7 @@
 
 rule datastore:
     input:
-        model=f"{R}/models/{{model}}/step-{{step}}",
+        model=model_dir("{model}", "{step}"),
         examples=tokens("corpus_train"),
     output:
         **datastore("{model}", "{step}"),
@@ -20,9 +20,8 @@ rule datastore:
     resources:
         **res("embed", "datastore"),
     params:
+        **windowing(),
         key=config["knn"]["key"],
         batch_tokens=config["knn"]["batch_tokens"],
-        block_size=config["corpus"]["block_size"],
-        stride=config["corpus"]["stride"],
     script:
         "../scripts/datastore.py"

@@ -6,7 +6,7 @@
 rule knn_search:
     input:
         **datastore("{model}", "{step}"),
-        model=f"{R}/models/{{model}}/step-{{step}}",
+        model=model_dir("{model}", "{step}"),
         index=index_dir("{model}", "{step}"),
         valid=tokens("corpus_valid"),
         test=tokens("corpus_test"),
@@ -26,12 +26,11 @@ rule knn_search:
     resources:
         **res("index", "knn_search"),
     params:
+        **windowing(),
         k=config["knn"]["k"],
         key=config["knn"]["key"],
         nprobe=config["knn"]["nprobe"],
         rerank=config["knn"]["rerank"],
         batch_tokens=config["knn"]["batch_tokens"],
-        block_size=config["corpus"]["block_size"],
-        stride=config["corpus"]["stride"],
     script:
         "../scripts/knn_search.py"

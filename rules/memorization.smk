@@ -46,17 +46,7 @@ rule figure1:
         ),
         prompts=rules.macondo.output.prompts,
     output:
-        png=report(
-            f"{R}/figure1/{{shape}}/figure1.png",
-            caption="../report/figure1.rst",
-            category="Figure 1",
-        ),
-        pdf=f"{R}/figure1/{{shape}}/figure1.pdf",
-        csv=report(
-            f"{R}/figure1/{{shape}}/figure1.csv",
-            caption="../report/figure1.rst",
-            category="Figure 1",
-        ),
+        **figure_outputs(f"{R}/figure1/{{shape}}", "figure1"),
         rows=f"{R}/figure1/{{shape}}/children.csv",
     log:
         f"{LOGS}/figure1/{{shape}}.log",

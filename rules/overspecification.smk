@@ -39,17 +39,7 @@ rule figure2:
         ),
         prompts=rules.macondo.output.prompts,
     output:
-        png=report(
-            f"{R}/figure2/figure2.png",
-            caption="../report/figure2.rst",
-            category="Figure 2",
-        ),
-        pdf=f"{R}/figure2/figure2.pdf",
-        csv=report(
-            f"{R}/figure2/figure2.csv",
-            caption="../report/figure2.rst",
-            category="Figure 2",
-        ),
+        **figure_outputs(f"{R}/figure2", "figure2"),
         rows=f"{R}/figure2/children.csv",
     log:
         f"{LOGS}/figure2.log",

@@ -33,7 +33,7 @@ rule knnlm_grid:
 rule projection:
     input:
         **({"grid": f"{T1}/grid.csv"} if TUNED else {}),
-        model=f"{R}/models/{{model}}/step-{{step}}",
+        model=model_dir("{model}", "{step}"),
         examples=tokens("corpus_test"),
         found=knn_file("{model}", "{step}", "test"),
     output:
@@ -56,18 +56,17 @@ rule projection:
     resources:
         **res("embed", "projection"),
     params:
+        **windowing(),
         settings=canon(config["table1"]["projection"]),
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
-        block_size=config["corpus"]["block_size"],
-        stride=config["corpus"]["stride"],
     script:
         "../scripts/projection.py"
 
 
 rule table1:
     input:
-        model=f"{R}/models/{{model}}/step-{{step}}",
+        model=model_dir("{model}", "{step}"),
         found=knn_file("{model}", "{step}", "test"),
         grid=f"{T1}/grid.csv",
         projection=f"{T1}/projection_tokens.csv",

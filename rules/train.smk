@@ -6,7 +6,7 @@ rule import_pretrained:
     input:
         tokenizer=f"{R}/data/tokenizer",
     output:
-        directory(f"{R}/models/pretrained/{{name}}/step-0"),
+        directory(model_dir("pretrained/{name}", 0)),
     log:
         f"{LOGS}/import/{{name}}.log",
     benchmark:
@@ -49,7 +49,7 @@ rule train_corpus_lm:
         block_size=config["corpus"]["block_size"],
         n_positions=config["corpus"]["block_size"],
         drop_last_mlp=False,
-        work_dir=lambda w: f"{R}/models/corpus_lm/{w.shape}/.work",
+        work_dir=lambda w: work_dir(f"corpus_lm/{w.shape}"),
     script:
         "../scripts/train.py"
 
@@ -78,7 +78,7 @@ rule train_memorization:
         block_size=None,
         n_positions=64,
         drop_last_mlp=lambda w: w.variant == "no_last_mlp",
-        work_dir=lambda w: f"{R}/models/{memorization_model(w.shape, w.variant, w.seed)}/.work",
+        work_dir=lambda w: work_dir(memorization_model(w.shape, w.variant, w.seed)),
     script:
         "../scripts/train.py"
 
@@ -104,7 +104,7 @@ rule train_overspecification:
     params:
         train=train_params("overspecification"),
         seed=lambda w: int(w.seed),
-        work_dir=lambda w: f"{R}/models/{overspecification_model(w.seed)}/.work",
+        work_dir=lambda w: work_dir(overspecification_model(w.seed)),
     script:
         "../scripts/finetune.py"
 
@@ -128,6 +128,6 @@ rule train_chat:
     params:
         train=train_params("chat"),
         seed=config["chat"]["seed"],
-        work_dir=f"{R}/models/chat/.work",
+        work_dir=work_dir("chat"),
     script:
         "../scripts/finetune.py"
