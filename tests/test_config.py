@@ -164,3 +164,14 @@ def test_old_scale_section_is_read_as_chat_with_one_warning(tmp_path):
     out = proc.stdout + proc.stderr
     assert out.count("config key 'scale' is now 'chat'") == 1
     assert planned_jobs(proc.stdout)["train_chat"] == 1 and f"{tmp_path}/r/models/chat/step-7" in out
+
+
+def test_key_kinds_are_stated_once():
+    """model.KEY_KINDS is the list; the schema's enum and the README's config table follow it."""
+    from knnlm_limits.model import KEY_KINDS
+
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    assert tuple(schema["properties"]["knn"]["properties"]["key"]["enum"]) == KEY_KINDS
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `knn.key` |"))
+    assert [kind for kind in KEY_KINDS if f"`{kind}`" in row.split("|")[3]] == list(KEY_KINDS)
+    assert validate({"knn": {"key": "residual"}})["knn"]["key"] == "enc"  # the old name, read for one release

@@ -68,7 +68,7 @@ def test_keys_are_exactly_the_hooked_tensors(case):
         assert torch.equal(key, mlp_input)  # exactly the tensor the last MLP's norm produced
         assert torch.equal(got_logits, logits)
         assert torch.equal(M.keys_only(lm, IDS_IN, "mlp_input"), mlp_input)
-        assert torch.equal(M.keys_only(lm, IDS_IN, "residual"), h)
+        assert torch.equal(M.keys_only(lm, IDS_IN, "enc"), h)
         assert torch.equal(M.enc(lm, IDS_IN), h)
         torch.testing.assert_close(M.keys_only(lm, IDS_IN, "final_hidden"), final_hidden, atol=1e-6, rtol=0)
 

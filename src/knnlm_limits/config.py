@@ -73,9 +73,17 @@ def coerce(value, schema: dict, root: dict):
     return coerce(parsed, schema, root) if _fits(parsed, types) else value
 
 
-# Sections renamed, still read for one release: old name -> new name.
+# Sections and values renamed, still read for one release: old name -> new name.
 RENAMED = {"scale": "chat"}
-_warned: set[str] = set()
+RENAMED_VALUES = {("knn", "key"): {"residual": "enc"}}
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(what: str, old: str, new: str) -> None:
+    if (what, old) not in _warned:
+        _warned.add((what, old))
+        # stderr, not warnings.warn: Snakemake filters Python warnings out of its output
+        print(f"Warning: {what} {old!r} is now {new!r}: read as {new!r} for this release; rename it", file=sys.stderr)
 
 
 def read_renamed(config: dict) -> None:
@@ -86,14 +94,15 @@ def read_renamed(config: dict) -> None:
     for old, new in RENAMED.items():
         if old not in config:
             continue
-        if old not in _warned:
-            _warned.add(old)
-            # stderr, not warnings.warn: Snakemake filters Python warnings out of its output
-            print(f"Warning: config key {old!r} is now {new!r}: read as {new!r} for this release; rename it",
-                  file=sys.stderr)
+        _warn_once("config key", old, new)
         merged = config.get(new) or {}
         update_config(merged, config.pop(old) or {})
         config[new] = merged
+    for (section, key), names in RENAMED_VALUES.items():
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, str) and value in names:
+            _warn_once(f"{section}.{key}", value, names[value])
+            config[section][key] = names[value]
 
 
 def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:

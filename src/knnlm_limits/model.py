@@ -8,7 +8,7 @@ Mistral, Qwen2), in terms of parts of the last decoder layer and the head:
     g(h)   = final_norm(h + mlp(mlp_norm(h)))   (final_norm(h) without the last MLP)
     f(z)   = softmax(lm_head(z))                (tied or untied head)
     key    = mlp_norm(enc(c)) (the last MLP's input, Khandelwal et al.),
-             or enc(c) itself ("residual"), or g(enc(c)) ("final_hidden")
+             or enc(c) itself ("enc"), or g(enc(c)) ("final_hidden")
 
 A model without its last MLP is saved under a model type of its own
 (``knnlm_<type>_no_last_mlp``), registered with the transformers Auto classes
@@ -38,7 +38,8 @@ from transformers import (
 
 from .families import NO_LAST_MLP_SUFFIX, UnsupportedArchitecture, family_of, no_last_mlp_type
 
-KEY_KINDS = ("mlp_input", "residual", "final_hidden")
+# The kNN key kinds: the one list the schema, the README and the tests are checked against.
+KEY_KINDS = ("mlp_input", "enc", "final_hidden")
 
 
 class ModelLoadError(RuntimeError):
@@ -232,7 +233,7 @@ def knn_key(model, h: torch.Tensor, key: str = "mlp_input") -> torch.Tensor:
     """The datastore key of a context from its h = enc(c)."""
     if key == "mlp_input":
         return parts(model).mlp_norm(h)
-    if key == "residual":
+    if key == "enc":
         return h
     if key == "final_hidden":
         return g(model, h)
