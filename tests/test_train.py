@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,54 @@ def test_state_is_saved_every_save_every_steps(tmp_path, monkeypatch, capsys):
     _assert_same_weights(_weights(reference / "step-10"), _weights(tmp_path / "killed" / "step-10"))
 
 
+def _killed_after_the_state_of_step_6(tmp_path, monkeypatch, s):
+    _die_on_call(monkeypatch, train, "lm_loss", 9)  # killed during step 8 (0-based)
+    with pytest.raises(Killed):
+        _run(tmp_path, s, "killed")
+    monkeypatch.undo()
+    return tmp_path / "killed" / ".work" / "state"
+
+
+def _tear(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+DAMAGE = {  # what a kill in the middle of the old rmtree of state/, or a torn write, leaves
+    "model.safetensors missing": lambda state: (state / "model.safetensors").unlink(),
+    "optimizer.pt missing": lambda state: (state / "optimizer.pt").unlink(),
+    "model.safetensors torn": lambda state: _tear(state / "model.safetensors"),
+    "optimizer.pt torn": lambda state: _tear(state / "optimizer.pt"),
+    "meta.json torn": lambda state: _tear(state / "meta.json"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_an_incomplete_state_is_discarded_not_a_crash(tmp_path, monkeypatch, capsys, damage):
+    s = train.TrainSettings(checkpoints=[10], batch_size=4, lr=1e-3, save_every=3, seed=2)
+    reference = _run(tmp_path, s, "reference")
+    DAMAGE[damage](_killed_after_the_state_of_step_6(tmp_path, monkeypatch, s))
+    _run(tmp_path, s, "killed", log=sys.stdout)
+    out = capsys.readouterr().out
+    assert out.count("discarding") == 1 and "incomplete state" in out and "resuming" not in out
+    _assert_same_weights(_weights(reference / "step-10"), _weights(tmp_path / "killed" / "step-10"))
+    assert sorted(os.listdir(tmp_path / "killed")) == ["step-10"]
+
+
+def test_an_incomplete_state_falls_back_to_a_good_copy_put_aside(tmp_path, monkeypatch, capsys):
+    s = train.TrainSettings(checkpoints=[10], batch_size=4, lr=1e-3, save_every=3, seed=2)
+    reference = _run(tmp_path, s, "reference")
+    state = _killed_after_the_state_of_step_6(tmp_path, monkeypatch, s)
+    shutil.copytree(state, state.with_name(".state.old-1"))  # the good state of step 6, put aside
+    meta = json.loads((state / "meta.json").read_text())
+    (state / "meta.json").write_text(json.dumps({**meta, "step": 9}))  # a newer state/, half deleted
+    (state / "optimizer.pt").unlink()
+    _run(tmp_path, s, "killed", log=sys.stdout)
+    out = capsys.readouterr().out
+    assert out.count("incomplete state") == 1 and "resuming from step 6" in out
+    _assert_same_weights(_weights(reference / "step-10"), _weights(tmp_path / "killed" / "step-10"))
+    assert sorted(os.listdir(tmp_path / "killed")) == ["step-10"]
+
+
 def test_bf16_weights_are_trained_in_float32(tmp_path):
     """AdamW at lr 1e-5 on bf16 weights loses the updates to rounding; float32 master weights keep them."""
     lm = _fresh().to(torch.bfloat16)
@@ -275,3 +324,13 @@ def test_examples_longer_than_the_context_are_an_error(tmp_path):
     ex = from_sequences([list(range(12))])
     with pytest.raises(ValueError, match="12 tokens but the model's context holds 8"):
         train.train(lm, ex, train.TrainSettings(checkpoints=[1]), {1: tmp_path / "s1"}, tmp_path / "w")
+
+
+def test_atomic_writes_to_a_device_leave_it_a_device(tmp_path):
+    """`--csv /dev/null` and the like: the device is written, never renamed over."""
+    import stat
+
+    from knnlm_limits import io
+
+    io.write_text("/dev/null", "nothing\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

@@ -7,16 +7,35 @@ Resumable state therefore needs only the weights and the optimizer state.
 Layout of ``work_dir`` while a run is in progress:
 
     step-N/   each checkpoint of ``settings.checkpoints`` reached so far (save_pretrained)
-    state/    the latest resumable state: weights, optimizer, and meta.json with
-              the step and the run's fingerprint (settings, seed, examples,
-              initial weights); written every ``save_every`` steps and at every
-              checkpoint, always after that step's checkpoint folder
+    state/    the latest resumable state: model.safetensors, optimizer.pt, and meta.json
+              with the step and the run's fingerprint (settings, seed, examples, initial
+              weights), written last: a state whose meta.json reads is complete. Saved
+              every ``save_every`` steps and at every checkpoint, always after that
+              step's checkpoint folder
+    .state.tmp-PID/, .state.old-PID/, .step-N.tmp-PID/, .step-N.old-PID/
+              what a kill can leave of a save: a folder is written as a tmp sibling,
+              the old one renamed aside, the new one renamed in, the aside one deleted
+              (io.replace)
 
-A rerun resumes from ``state/`` only if its fingerprint matches; otherwise the
-work folder is discarded (one log line). When training ends, the checkpoint
-folders are *linked* into the declared outputs (the work copies stay), and only
-then is ``work_dir`` removed, state first: a job killed while publishing still
-finishes on rerun, even though Snakemake deletes a killed job's outputs.
+Invariant, at every instant until publishing deletes anything: the newest
+complete state this run has saved is in work_dir, as state/ or as a tmp or
+aside copy of it (between the two renames), and every checkpoint up to its step
+is complete. A rerun takes the newest copy that is complete (meta.json reads,
+its files load), has this run's fingerprint and has its checkpoints, renames it
+to state/ and deletes the other copies. A kill therefore costs the steps since
+the last complete save: ``save_every`` at most, or the gap between checkpoints
+without it. A state of another run is discarded, never continued, and so is an
+incomplete one; with no usable copy the whole work folder goes (one log line)
+and training starts at step 0.
+
+Publishing: the checkpoint folders are *linked* into the declared outputs (each
+through a tmp sibling), the work copies stay. Only then is every state's
+meta.json deleted, the one instant after which work_dir is garbage, and then
+work_dir. Snakemake deletes a killed job's outputs, so a job killed while
+linking resumes at the end and only publishes again; one killed while deleting
+work_dir starts again at step 0. No order closes that last window from inside
+the job: whatever it deletes last, the outputs are gone once Snakemake has
+deleted them after a kill.
 
 Weights are trained in float32 whatever dtype a checkpoint was saved in; on a
 GPU the forward and backward passes run under bf16 autocast.
@@ -181,59 +200,123 @@ def _save_state(model, optimizer, step: int, run_id: str, work_dir: Path) -> Non
     with io.atomic_path(work_dir / "state") as tmp:
         model.save_pretrained(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        # written last: its being readable marks the state complete
         (tmp / "meta.json").write_text(json.dumps({"step": step, "fingerprint": run_id}))
 
 
-def _load_weights(model, ckpt_dir: Path) -> None:
+def _state_copies(work_dir: Path) -> list[Path]:
+    """state/ and the copies of it a kill can leave beside it (aside, tmp)."""
+    state = work_dir / "state"
+    return [f for f in (state, *io.leftovers(state)) if f.is_dir()]
+
+
+def _meta(folder: Path) -> dict | None:
+    """A state's meta.json; None if missing or half written."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        return meta if isinstance(meta.get("step"), int) and isinstance(meta.get("fingerprint"), str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _checkpoint_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _why_unusable(meta: dict | None, work_dir: Path, run_id: str, s: TrainSettings) -> str | None:
+    if meta is None:
+        return "incomplete state"
+    if meta["fingerprint"] != run_id:
+        return "another run's state (settings, seed, data or initial weights differ)"
+    if not all(_checkpoint_complete(work_dir / f"step-{c}") for c in s.checkpoints if c <= meta["step"]):
+        return "a checkpoint of its steps is missing"
+    return None
+
+
+def _read_state(folder: Path, device) -> tuple[dict, dict] | None:
+    """The weights and optimizer state of a state folder; None if a file is missing or torn."""
     from safetensors.torch import load_file
 
-    weights = load_file(ckpt_dir / "model.safetensors", device=str(device_of(model)))
+    try:
+        weights = load_file(folder / "model.safetensors", device=str(device))
+        optim = torch.load(folder / "optimizer.pt", weights_only=True, map_location=device)  # tensors and numbers only
+    except Exception:  # whatever the error, the state cannot be continued; retraining is always correct
+        return None
+    return weights, optim
+
+
+def _pick_state(work_dir: Path, run_id: str, s: TrainSettings, device):
+    """The newest copy of the state this run can continue, as (folder, step, weights, optimizer
+    state) or None; and why each unusable copy is not usable, state/ first."""
+    why, usable = {}, []
+    for folder in _state_copies(work_dir):
+        meta = _meta(folder)
+        why[folder] = _why_unusable(meta, work_dir, run_id, s)
+        if why[folder] is None:
+            usable.append((meta["step"], folder))
+    chosen = None
+    for step, folder in sorted(usable, reverse=True):  # the newest whose files load
+        data = _read_state(folder, device)
+        if data is not None:
+            chosen = (folder, step, *data)
+            break
+        why[folder] = "incomplete state"
+    return chosen, {f: w for f, w in why.items() if w}
+
+
+def _load_weights(model, weights: dict, source: Path) -> None:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # save_pretrained leaves out a tied output matrix; nothing else may be missing.
     if unexpected or any(not k.startswith("lm_head.") for k in missing):
-        raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"checkpoint {source} does not fit the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
 
 
 def _resume(model, optimizer, work_dir: Path, run_id: str, s: TrainSettings, log) -> int:
-    """Restore the state in work_dir if it was made by this very run; the step to start from."""
-    meta_file = work_dir / "state" / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-    step = meta["step"] if meta else 0
-    reached = [c for c in s.checkpoints if c <= step]
-    usable = (meta and meta["fingerprint"] == run_id
-              and all((work_dir / f"step-{c}" / "model.safetensors").is_file() for c in reached))
-    if not usable:
+    """Restore the newest state in work_dir made by this very run; the step to start from."""
+    for c in s.checkpoints:  # a kill's debris; a missing checkpoint's aside copy comes back
+        io.recover(work_dir / f"step-{c}")
+    chosen, why = _pick_state(work_dir, run_id, s, device_of(model))
+    state = work_dir / "state"
+    if chosen is None:
         if work_dir.exists() and any(work_dir.iterdir()):
-            why = "another run's state (settings, seed, data or initial weights differ)" if meta else "no resumable state"
-            print(f"discarding {work_dir}: {why}", file=log, flush=True)
+            print(f"discarding {work_dir}: {next(iter(why.values()), 'no resumable state')}", file=log, flush=True)
+            # a kill midway is harmless: removing files never makes a work_dir resumable
             shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         return 0
-    _load_weights(model, work_dir / "state")
-    optimizer.load_state_dict(torch.load(work_dir / "state" / "optimizer.pt", weights_only=True,
-                                         map_location=device_of(model)))  # tensors and numbers only
+    folder, step, weights, optim = chosen
+    if state in why:
+        print(f"discarding {state}: {why[state]}; falling back to its copy of step {step}", file=log, flush=True)
+    if folder != state:
+        io.replace(folder, state)  # state/ or the chosen copy is there at every instant
+    for stale in io.leftovers(state):
+        io.remove(stale)
+    _load_weights(model, weights, state)
+    optimizer.load_state_dict(optim)
     print(f"resuming from step {step} in {work_dir}", file=log, flush=True)
     return step
 
 
 def _link_tree(src: Path, dst: Path) -> None:
     """dst gets src's files as hard links (copies across file systems); src stays."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for item in src.iterdir():
-        try:
-            os.link(item, dst / item.name)
-        except OSError:
-            shutil.copy2(item, dst / item.name)
+    io.recover(dst)  # the debris of a killed publish
+    with io.atomic_path(dst) as tmp:
+        tmp.mkdir()
+        for item in src.iterdir():
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:
+                shutil.copy2(item, tmp / item.name)
 
 
 def _publish(work_dir: Path, out_dirs: dict[int, str]) -> None:
     for step, out in out_dirs.items():
         _link_tree(work_dir / f"step-{step}", Path(out))
-    # the state first: a half-removed work_dir then holds no state to trust
-    shutil.rmtree(work_dir / "state", ignore_errors=True)
+    # The outputs are complete and work_dir is garbage from here on. Every state loses its
+    # completion marker first, so a half-removed work_dir (checkpoints too) is never resumed.
+    for folder in _state_copies(work_dir):
+        (folder / "meta.json").unlink(missing_ok=True)
     shutil.rmtree(work_dir)
 
 
