@@ -1,7 +1,7 @@
 # knnlm-limits: reproduce "On Retrieval Augmentation and the Limitations of
 # Language Model Training" (Chiang et al.). Stages, one rule file each:
 #   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
-#   -> table1 (projection) / memorization (Figure 1) / overspecification
+#   -> table1 (projection, inspection) / memorization (Figure 1) / overspecification
 #   (Figure 2) / chat (Figure 3) -> findings
 import sys
 from pathlib import Path
@@ -31,6 +31,7 @@ include: "rules/datastore.smk"
 include: "rules/index.smk"
 include: "rules/knnlm.smk"
 include: "rules/table1.smk"
+include: "rules/inspection.smk"
 include: "rules/memorization.smk"
 include: "rules/overspecification.smk"
 include: "rules/chat.smk"

@@ -46,9 +46,29 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 RESULT_CSVS = ["figure1/tiny/figure1.csv", "figure1/tiny/children.csv", "figure2/children.csv", "figure3/children.csv",
                "table1/corpus_lm/tiny/step-20/table1.csv", "table1/corpus_lm/tiny/step-20/grid.csv",
-               "table1/corpus_lm/tiny/step-20/projection_traces.csv", "findings.csv", "findings_by_scale.csv"]
+               "table1/corpus_lm/tiny/step-20/projection_traces.csv", "findings.csv", "findings_by_scale.csv",
+               "table1/corpus_lm/tiny/step-20/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/gain_tokens.csv"]
 FIGURES = ["figure1/tiny/figure1.png", "figure2/figure2.pdf", "figure3/figure3.png", "findings_by_scale.png",
-           "table1/corpus_lm/tiny/step-20/projection_traces.png", "table1/corpus_lm/tiny/step-20/grid.png"]
+           "table1/corpus_lm/tiny/step-20/projection_traces.png", "table1/corpus_lm/tiny/step-20/grid.png",
+           "table1/corpus_lm/tiny/step-20/gain_by_frequency.png"]
+
+
+def test_gain_by_frequency_agrees_with_the_search_results(tiny_runs):
+    """The per-token gains are the Table 1 interpolation's minus the LM's; the bucket shares
+    add up to one; the finding is in findings.csv with the rare-minus-frequent difference."""
+    results = tiny_runs[0]
+    point = results / "table1/corpus_lm/tiny/step-20"
+    tokens = pd.read_csv(point / "gain_tokens.csv")
+    found = {k: v for k, v in np.load(results / "knn/corpus_lm/tiny/step-20/test.npz").items()}
+    config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
+    lam, temperature = config.get("knn", {}).get("lambda", 0.25), config.get("knn", {}).get("temperature", 1.0)
+    np.testing.assert_allclose(tokens.gain, knnlm.knnlm_logprob(found, lam, temperature) - found["lm_logprob"], atol=1e-9)
+    buckets = pd.read_csv(point / "gain_by_frequency.csv")
+    assert buckets.tokens.sum() == len(tokens) and buckets.share.sum() == pytest.approx(1.0)
+    row = pd.read_csv(results / "findings.csv").set_index("finding").loc["knn_gain_concentrated_in_rare_tokens"]
+    rare = tokens.gain[(tokens.train_count >= 1) & (tokens.train_count < 100)].mean()
+    frequent = tokens.gain[tokens.train_count >= 1000].mean()
+    assert row.measured == pytest.approx(rare - frequent, rel=1e-9)
 
 
 def test_tiny_dag_produces_every_result(tiny_runs):

@@ -233,6 +233,13 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
         return _index(config, corpus_model_size(), train, threads)
     if rule == "knn_search":
         return _search(config, corpus_model_size(), train, valid, test, threads, uses_gpu)
+    if rule == "knn_gains":
+        if test is None or train is None:
+            return Estimate(None, None, notes=["split size unknown"])
+        # the search results, a per-token table (~10 columns) and the training stream
+        mem = light + test * (_positions_bytes(config) * m["interpolation_overhead"] + 200) / MB + train * 4 / MB
+        return Estimate(mem, 1 + (test * config["knn"]["k"] * m["interpolation_seconds_per_cell"] + train * 2e-9) / 60,
+                        disk_mb=test * 120 / MB)
     if rule in ("knnlm_grid", "table1"):
         n = valid if rule == "knnlm_grid" else test
         if n is None:

@@ -183,6 +183,24 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     return fig
 
 
+def gain_by_frequency(buckets: pd.DataFrame, title: str = ""):
+    """Mean kNN-LM gain per bucket of the target's training frequency, its 95% CI, and the
+    bucket's share of the test tokens printed under each point."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    shown = buckets[buckets.tokens > 0].reset_index(drop=True)
+    x = np.arange(len(shown))
+    err = np.vstack([shown.mean_gain - shown.ci_low, shown.ci_high - shown.mean_gain])
+    ax.errorbar(x, shown.mean_gain, yerr=np.nan_to_num(err), fmt="o", capsize=4, color="C0", label="mean gain, 95% CI")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x, [f"{b}\n{s:.1%} of tokens" for b, s in zip(shown.bucket, shown.share)])
+    ax.set_xlabel("times the target occurs in the training split")
+    ax.set_ylabel("log p_kNN-LM − log p_LM (nats)")
+    ax.set_title(f"Where retrieval helps {title}".strip())
+    ax.legend(loc="best", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a Markdown table (numbers to 4 significant digits)."""
     def cell(v):

@@ -10,6 +10,9 @@ is read per n), with the columns of ``COLUMNS``. The rules:
   softmax_bottleneck_ruled_out_convex
                                  the same gap for the convex reverse-KL optimum of f (L-BFGS): what f can express
   mlp_hurdle_in_projection       gap_fg, the same with f∘g; holds if the CI is above 0.5. Paper: 0.99
+- Where retrieval helps, over test tokens (bootstrap):
+  knn_gain_concentrated_in_rare_tokens  mean gain log p_knnlm - log p_lm on targets seen 1-99 times in the
+                                 training split minus that on targets seen >= 1,000 times; holds if the CI is above 0
 - Figure 1 claims, over seeds (t interval):
   no_last_mlp_learns_faster_early  no-last-MLP minus full LM child log-likelihood, averaged over the early
                                    checkpoints (0 < step <= early_fraction x last step); holds if the CI is above 0
@@ -84,6 +87,13 @@ def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray,
                 f"final mean KL {s['final_mean_kl']:.4g}, {'converged' if s['converged'] else 'NOT converged'}")
         rows.append(_row(finding, paper, gap, criterion, rule, tokens, scale, note=note))
     return rows
+
+
+def knn_gains(estimate, n_tokens: int, scale: dict) -> list[dict]:
+    """The rare-token reading of the kNN-LM's gain (Khandelwal et al. 2020) at one scale point."""
+    return [_row("knn_gain_concentrated_in_rare_tokens", "rare patterns gain most (Khandelwal et al. 2020)", estimate,
+                 "mean log-prob gain on targets seen 1-99 times in training minus on targets seen >= 1,000 times; "
+                 "holds if its 95% CI is above 0", _above(0), f"{n_tokens} test tokens", scale)]
 
 
 def _per_seed(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -189,7 +199,8 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 BY_SCALE = ("knnlm_beats_lm", "softmax_bottleneck_ruled_out", "softmax_bottleneck_ruled_out_convex",
-            "mlp_hurdle_in_projection", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder")
+            "mlp_hurdle_in_projection", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder",
+            "knn_gain_concentrated_in_rare_tokens")
 
 
 def by_scale(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,16 @@
+from knnlm_limits import figures, findings, inspection, io
+from knnlm_limits.snake import logged
+from knnlm_limits.tokens import load_stream
+
+with logged(snakemake) as log:
+    p, inp, out = snakemake.params, snakemake.input, snakemake.output
+    boot = (p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])
+    tokens = inspection.per_token(io.load_npz(inp.found), load_stream(inp.train), p.lam, p.temperature)
+    buckets = inspection.by_bucket(tokens, *boot)
+    io.write_csv(out.tokens, tokens)
+    io.write_csv(out.csv, buckets)
+    scale = findings.scale_of(inp.model, p.scale)
+    io.save_figure(figures.gain_by_frequency(buckets, f"({scale['model']} step {scale['step']})"), out.png, out.pdf)
+    estimate = inspection.rare_minus_frequent(tokens, *boot)
+    io.write_csv(out.findings, findings.to_frame(findings.knn_gains(estimate, len(tokens), scale)))
+    print(buckets.to_string(index=False), file=log)
