@@ -4,7 +4,7 @@
 
 T1 = f"{R}/table1/{{model}}/step-{{step}}"
 # the validation grid feeds the projection only when it defines p_knnlm
-TUNED = config["table1"]["projection"]["setting"] == "tuned"
+TUNED = config["table1"]["projection"]["interpolation"] == "tuned"
 
 
 rule knnlm_grid:
@@ -92,7 +92,7 @@ rule table1:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
         k=config["knn"]["k"],
-        setting=config["table1"]["projection"]["setting"],
+        setting=config["table1"]["projection"]["interpolation"],
         scale=lambda w: point_scale(w.model, w.step),
         bootstrap=canon(config["findings"]),
     script:

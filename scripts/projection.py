@@ -7,7 +7,7 @@ from knnlm_limits.tokens import load_stream, windows
 with logged(snakemake) as log:
     p, out = snakemake.params, snakemake.output
     lam, temperature = p.lam, p.temperature
-    if p.settings["setting"] == "tuned":
+    if p.settings["interpolation"] == "tuned":
         lam, temperature = knnlm.tuned_setting(pd.read_csv(snakemake.input.grid))
     per_token, traces, summary = projection.run(
         model.load_lm(snakemake.input.model), windows(load_stream(snakemake.input.examples), p.block_size, p.stride),

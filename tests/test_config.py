@@ -175,3 +175,8 @@ def test_key_kinds_are_stated_once():
     row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `knn.key` |"))
     assert [kind for kind in KEY_KINDS if f"`{kind}`" in row.split("|")[3]] == list(KEY_KINDS)
     assert validate({"knn": {"key": "residual"}})["knn"]["key"] == "enc"  # the old name, read for one release
+
+
+def test_old_projection_setting_key_is_read_as_interpolation():
+    cfg = validate({"table1": {"projection": {"setting": "tuned"}}})
+    assert cfg["table1"]["projection"]["interpolation"] == "tuned" and "setting" not in cfg["table1"]["projection"]

@@ -76,6 +76,7 @@ def coerce(value, schema: dict, root: dict):
 # Sections and values renamed, still read for one release: old name -> new name.
 RENAMED = {"scale": "chat"}
 RENAMED_VALUES = {("knn", "key"): {"residual": "enc"}}
+RENAMED_KEYS = {("table1", "projection", "setting"): "interpolation"}
 _warned: set[tuple[str, str]] = set()
 
 
@@ -98,6 +99,13 @@ def read_renamed(config: dict) -> None:
         merged = config.get(new) or {}
         update_config(merged, config.pop(old) or {})
         config[new] = merged
+    for (*where, old), new in RENAMED_KEYS.items():
+        inner = config
+        for part in where:
+            inner = inner.get(part) if isinstance(inner, dict) else None
+        if isinstance(inner, dict) and old in inner:
+            _warn_once("config key", ".".join([*where, old]), ".".join([*where, new]))
+            inner[new] = inner.pop(old)
     for (section, key), names in RENAMED_VALUES.items():
         value = (config.get(section) or {}).get(key)
         if isinstance(value, str) and value in names:
