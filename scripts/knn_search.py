@@ -8,10 +8,12 @@ from knnlm_limits.tokens import load_stream, windows
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
     lm = model.load_lm(inp.model)
-    searcher = Searcher.open(inp.index, inp.key_file, {"nprobe": p.nprobe, "rerank": p.rerank})
+    searcher = Searcher.open(inp.index, inp.key_file, {"nprobe": p.nprobe, "rerank": p.rerank,
+                                                       "threads": snakemake.threads})
     values = np.load(inp.value_file, mmap_mode="r")
     for split in ("valid", "test"):
         examples = windows(load_stream(inp[split]), p.block_size, p.stride)
         found = knnlm.evaluate(lm, searcher, values, examples, k=p.k, key=p.key, batch_tokens=p.batch_tokens, log=log)
         io.save_npz(snakemake.output[split], **found)
         print(f"{split}: {len(found['targets'])} positions searched ({searcher.kind})", file=log)
+        del found  # before the next split's arrays are allocated, not after

@@ -134,7 +134,7 @@ def test_bad_factory_is_an_error_naming_the_key():
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])
-@pytest.mark.parametrize("key", ["mlp_input", "residual", "final_hidden"])
+@pytest.mark.parametrize("key", model.KEY_KINDS)
 def test_datastore_and_knnlm_for_every_family(arch, key, tmp_path):
     """For each family and key kind: the stored keys are the model's keys of each context, and a
     query equal to a stored context finds it first (distance 0), so its kNN weight is on its value."""

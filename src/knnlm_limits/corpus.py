@@ -157,14 +157,20 @@ def write_splits(splits: dict[str, list[str]], out_paths: dict[str, str]) -> Non
 
 def read_lines(text_path) -> list[str]:
     """A split's text as lines with their newlines: what the tokenizer trains on and encodes."""
-    return Path(text_path).read_text(encoding="utf-8").splitlines(keepends=True)
+    from .tokenizer import iter_lines
+
+    return list(iter_lines(text_path))
 
 
 def tokenize_split(tok, text_path, block_size: int, max_tokens: int | None = None) -> np.ndarray:
-    """A split's text as one token stream (capped at max_tokens); too small a split is an error."""
-    from .tokenizer import encode_lines
+    """A split's text as one token stream (capped at max_tokens); too small a split is an error.
 
-    stream = encode_lines(tok, read_lines(text_path))[:max_tokens]
+    The file is read and encoded a chunk of lines at a time (see `tokenizer.encode_lines`),
+    so memory is the int32 stream, not the text and every line's Python list of ids.
+    """
+    from .tokenizer import encode_lines, iter_lines
+
+    stream = encode_lines(tok, iter_lines(text_path), max_tokens=max_tokens)
     if len(stream) < block_size:
         raise CorpusError(
             f"corpus split file {str(text_path)!r} has {len(stream)} tokens, fewer than one "

@@ -14,9 +14,11 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from . import io
+from . import disk, io
 from .model import check_context, device_of, keys_only
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
+
+NPY_HEADER = 4096  # bytes, more than any .npy header of a 2-D array
 
 
 @torch.no_grad()
@@ -28,8 +30,11 @@ def _batches(model, examples: Examples, key: str, batch_tokens: int, log=None):
     for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="datastore"):
         ids, _ = pad_batch(examples, idx)
         mask = scored_mask(examples, idx, ids.size(1))
-        keys = keys_only(model, ids.to(device), key)[:, :-1].float().cpu()[mask]
-        yield keys.to(torch.float16).numpy(), ids[:, 1:][mask].numpy().astype(np.int32)
+        keys = keys_only(model, ids.to(device), key)[:, :-1]
+        # masked and narrowed to float16 on the model's device (through float32, as
+        # ever, for the same numbers): only the scored rows cross to the host
+        keys = keys[mask.to(device)].float().to(torch.float16).cpu()
+        yield keys.numpy(), ids[:, 1:][mask].numpy().astype(np.int32)
 
 
 def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_input",
@@ -38,6 +43,11 @@ def build(model, examples: Examples, keys_path, values_path, key: str = "mlp_inp
     n = examples.n_scored()
     dim = model.config.hidden_size
     with io.atomic_path(keys_path) as keys_tmp, io.atomic_path(values_path) as values_tmp:
+        # the memory maps are sparse files until written: a disk too small would fail mid-job.
+        # The values (dim / 2 times smaller) count on the keys' disk too, in case it is theirs.
+        key_bytes, value_bytes = n * dim * 2 + NPY_HEADER, n * 4 + NPY_HEADER
+        disk.require_free_space(keys_tmp, key_bytes + value_bytes, "the datastore's keys and values")
+        disk.require_free_space(values_tmp, value_bytes, "the datastore's values")
         keys = open_memmap(keys_tmp, mode="w+", dtype=np.float16, shape=(n, dim))
         values = open_memmap(values_tmp, mode="w+", dtype=np.int32, shape=(n,))
         row = 0

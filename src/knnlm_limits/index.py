@@ -18,18 +18,22 @@ why) and, for a FAISS index, ``index.faiss``.
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
-from . import io
+from . import disk, io
 
 EXACT = "exact"
 EXACT_KINDS = (EXACT, "Flat", "SQfp16")
 BLOCK_BYTES = 128 * 2**20  # float32 bytes of one key block in exact search (bounds its memory)
 WIDEN_ROWS = 16_384  # float16 rows read and widened at a time into the block
+RERANK_BYTES = 128 * 2**20  # float32 neighbour vectors of one sub-batch of re-ranked queries (~2x in all)
+READ_THREADS = 4  # readers of the key file in re-ranking (random reads want several in flight)
 
 
 class IndexConfigError(ValueError):
@@ -55,17 +59,51 @@ class NpyRows:
 
     def __getitem__(self, rows) -> np.ndarray:
         n, dim = self.shape
-        row_bytes = dim * self.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            if isinstance(rows, slice):
-                start, stop, _ = rows.indices(n)
-                fh.seek(self.offset + start * row_bytes)
-                return np.fromfile(fh, dtype=self.dtype, count=(stop - start) * dim).reshape(-1, dim)
-            out = np.empty((len(rows), dim), dtype=self.dtype)
-            for i, r in enumerate(rows):
-                fh.seek(self.offset + int(r) * row_bytes)
-                out[i] = np.fromfile(fh, dtype=self.dtype, count=dim)
-            return out
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(n)
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset + start * self.row_bytes)
+                return np.fromfile(fh, dtype=self.dtype, count=max(stop - start, 0) * dim).reshape(-1, dim)
+        out = np.empty((len(rows), dim), dtype=self.dtype)
+        self.read_into(rows, out)
+        return out
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * self.dtype.itemsize
+
+    def read_into(self, rows, out: np.ndarray) -> None:
+        """out[i] = row rows[i]; each run of consecutive rows is one positioned read.
+
+        Sorted rows read in file order; os.preadv fills `out` in place and releases
+        the GIL, so several threads can each read a part of the rows at once.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for first, count, at in _runs(rows):
+                _pread_exactly(fd, out[at : at + count], self.offset + first * self.row_bytes)
+        finally:
+            os.close(fd)
+
+
+def _runs(rows):
+    """(first row, number of rows, position in `rows`) of each run of consecutive rows."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if len(rows) == 0:
+        return []
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(rows) != 1) + 1])
+    counts = np.diff(np.append(starts, len(rows)))
+    return zip(rows[starts].tolist(), counts.tolist(), starts.tolist())
+
+
+def _pread_exactly(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill the contiguous array `out` from the file at `offset` (a read may come back short)."""
+    view = memoryview(out).cast("B")
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got == 0:
+            raise IndexError(f"row past the end of the key file (offset {offset})")
+        view, offset = view[got:], offset + got
 
 
 def _rows(keys):
@@ -119,6 +157,22 @@ def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
     return index
 
 
+def index_file_bytes(factory: str, n: int, dim: int) -> int:
+    """At least the size of the index file of `factory` holding n keys: its codes, plus
+    the ids and coarse centroids of an IVF index; without a known code size (HNSW), the
+    float16 key file's size."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        return n * (ivf.code_size + 8) + ivf.nlist * dim * 4
+    except RuntimeError:
+        pass  # not an IVF index
+    try:
+        return n * index.sa_code_size()
+    except RuntimeError:
+        return n * dim * 2
+
+
 def write(index_dir, key_file, settings: dict, log=None) -> dict:
     """The index stage: choose exact or approximate for this datastore, build, write."""
     keys = NpyRows(key_file)
@@ -128,6 +182,9 @@ def write(index_dir, key_file, settings: dict, log=None) -> dict:
     with io.atomic_path(index_dir) as tmp:
         tmp.mkdir()
         if kind != EXACT:
+            # before hours of building: the written file must fit
+            disk.require_free_space(tmp / "index.faiss", index_file_bytes(kind, len(keys), keys.shape[1]),
+                                    f"the {kind} index")
             built = build(key_file, kind, settings["index_train_sample"], log=log)
             faiss.write_index(built, str(tmp / "index.faiss"))
         (tmp / "index.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -161,24 +218,63 @@ def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYT
     return heap.D, heap.I
 
 
-def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray, chunk: int = 64):
-    """Exact squared L2 of each retrieved id from the stored keys, rows re-sorted by it."""
-    keys = np.load(keys, mmap_mode="r") if isinstance(keys, (str, Path)) else keys
+def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray,
+           threads: int = READ_THREADS, budget_bytes: int = RERANK_BYTES):
+    """Exact squared L2 of each retrieved id from the stored keys, rows re-sorted by it.
+
+    Queries go in sub-batches whose neighbours' float32 vectors take ~budget_bytes;
+    a sub-batch reads each distinct key once, in file order (not one random read
+    per neighbour, in retrieval order).
+    """
+    keys = _rows(keys)
+    per_query = max(1, ids.shape[1] * keys.shape[1] * 4)
+    step = max(1, budget_bytes // per_query)
     exact = np.empty_like(dists)
-    for start in range(0, len(queries), chunk):
-        sel = ids[start : start + chunk]
-        vecs = np.asarray(keys[np.where(sel >= 0, sel, 0)], dtype=np.float32)
-        diff = vecs - queries[start : start + chunk, None, :]
-        exact[start : start + chunk] = np.where(sel >= 0, np.einsum("qkd,qkd->qk", diff, diff), np.inf)
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(queries), step):
+            sub = slice(start, start + step)
+            exact[sub] = _exact_sq_l2(keys, queries[sub], ids[sub], pool, threads)
     order = np.argsort(exact, axis=1, kind="stable")
     return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _exact_sq_l2(keys, queries: np.ndarray, ids: np.ndarray, pool, threads: int) -> np.ndarray:
+    """(q, k) squared L2 from each query to its retrieved keys, inf where the id is -1."""
+    safe = np.where(ids >= 0, ids, 0)
+    distinct, where = np.unique(safe, return_inverse=True)
+    # float32 differences (float64 if the queries are), squared and summed by einsum
+    rows = _read_sorted(keys, distinct, np.result_type(np.float32, queries.dtype), pool, threads)
+    diff = np.take(rows, where.reshape(safe.shape), axis=0, mode="clip")  # (q, k, d); "clip": no bounds pass
+    del rows
+    diff -= queries[:, None, :]
+    return np.where(ids >= 0, np.einsum("qkd,qkd->qk", diff, diff), np.inf)
+
+
+def _read_sorted(keys, sorted_ids: np.ndarray, dtype, pool, threads: int) -> np.ndarray:
+    """Rows `sorted_ids` of the keys, widened to `dtype` (exactly: float16 fits in float32).
+
+    From a file, `threads` readers each read and widen a contiguous shard of the ids
+    (file reads and NumPy's casts release the GIL).
+    """
+    if not isinstance(keys, NpyRows):
+        return np.asarray(keys[sorted_ids], dtype=dtype)
+    out = np.empty((len(sorted_ids), keys.shape[1]), dtype=dtype)
+
+    def read(shard):
+        out[shard] = keys[sorted_ids[shard]]
+
+    bounds = np.linspace(0, len(sorted_ids), max(1, threads) + 1).astype(int)
+    list(pool.map(read, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]))
+    return out
 
 
 class Searcher:
     """Search a datastore as its index stage decided: exact blocks or a FAISS index."""
 
-    def __init__(self, key_file, kind: str, index=None, nprobe: int | None = None, rerank_exact: bool = False):
+    def __init__(self, key_file, kind: str, index=None, nprobe: int | None = None, rerank_exact: bool = False,
+                 threads: int = READ_THREADS):
         self.key_file, self.kind, self.index, self.rerank_exact = key_file, kind, index, rerank_exact
+        self.threads = threads
         if index is not None and nprobe is not None:
             try:
                 faiss.extract_index_ivf(index).nprobe = nprobe
@@ -189,7 +285,8 @@ class Searcher:
     def open(cls, index_dir, key_file, settings: dict) -> "Searcher":
         manifest = json.loads((Path(index_dir) / "index.json").read_text())
         index = None if manifest["kind"] == EXACT else faiss.read_index(str(Path(index_dir) / "index.faiss"))
-        return cls(key_file, manifest["kind"], index, settings["nprobe"], settings["rerank"])
+        return cls(key_file, manifest["kind"], index, settings["nprobe"], settings["rerank"],
+                   settings.get("threads", READ_THREADS))
 
     @classmethod
     def in_memory(cls, keys: np.ndarray, settings: dict, log=None) -> "Searcher":
@@ -198,19 +295,31 @@ class Searcher:
         index = None if kind == EXACT else build(keys, kind, settings["index_train_sample"], log=log)
         return cls(keys, kind, index, settings["nprobe"], settings["rerank"])
 
-    def search(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
-        """(dists, ids), each (N, k'), k' = min(k, datastore size); id -1 = no neighbour."""
+    def width(self, k: int) -> int:
+        """k' = min(k, datastore size): the neighbours a search gives each query."""
+        return min(k, len(_rows(self.key_file)) if self.index is None else self.index.ntotal)
+
+    def batches(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
+        """(rows, dists, ids) of each batch of queries in turn, rows the batch's slice of
+        `queries`: the caller keeps what it needs of a batch, and nothing is joined."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        parts = []
         for start in tqdm(range(0, len(queries), batch), file=log, mininterval=5, desc=f"search ({self.kind})"):
             q = queries[start : start + batch]
-            if self.index is None:
-                dists, ids = exact_search(self.key_file, q, k)
-            else:
-                dists, ids = self.index.search(q, min(k, self.index.ntotal))
-                if self.rerank_exact and self.kind not in EXACT_KINDS:
-                    dists, ids = rerank(self.key_file, q, dists, ids)
-            parts.append((dists, ids))
-        if not parts:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            yield (slice(start, start + len(q)), *self._search(q, k))
+
+    def _search(self, q: np.ndarray, k: int):
+        if self.index is None:
+            return exact_search(self.key_file, q, k)
+        dists, ids = self.index.search(q, min(k, self.index.ntotal))
+        if self.rerank_exact and self.kind not in EXACT_KINDS:
+            dists, ids = rerank(self.key_file, q, dists, ids, self.threads)
+        return dists, ids
+
+    def search(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
+        """(dists, ids), each (N, k'), k' = min(k, datastore size); id -1 = no neighbour."""
+        width = self.width(k) if len(queries) else k  # no query: (0, k)
+        dists, ids = np.empty((len(queries), width), np.float32), np.empty((len(queries), width), np.int64)
+        for rows, batch_dists, batch_ids in self.batches(queries, k, batch, log):
+            dists[rows], ids[rows] = batch_dists, batch_ids
+            del batch_dists, batch_ids  # not alive while the next batch is searched
+        return dists, ids

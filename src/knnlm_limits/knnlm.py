@@ -21,11 +21,18 @@ from tqdm import tqdm
 
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
+# The interpolation runs over row chunks whose (rows, k) float64 temporaries (about
+# TEMPORARIES of them alive at once) take ~CHUNK_BYTES: at k = 1024, 1,638 rows.
+CHUNK_BYTES = 64 * 2**20
+TEMPORARIES = 5
+
 
 def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", batch_tokens: int = 8192, log=None):
     """At every scored position: target token, log p_lm(target), and the kNN query key.
 
-    ``key=None`` scores with the LM alone (no queries): any causal LM works.
+    ``key=None`` scores with the LM alone (no queries): any causal LM works. The
+    outputs are allocated once for ``examples.n_scored()`` rows and filled batch by
+    batch (no per-batch lists joined at the end, which would hold everything twice).
     """
     import torch
 
@@ -34,7 +41,10 @@ def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", bat
     model.eval()
     device = device_of(model)
     check_context(model, examples, "evaluation examples")
-    out = {"targets": [], "lm_logprob": [], "queries": [], "example": []}
+    n = examples.n_scored()
+    out = {"targets": np.empty(n, np.int64), "lm_logprob": np.empty(n, np.float32), "example": np.empty(n, np.int64)}
+    queries = None  # allocated at the first batch, which tells the key width
+    row = 0
     with torch.no_grad():
         for idx in tqdm(list(batches_by_tokens(examples, batch_tokens)), file=log, mininterval=5, desc="lm"):
             ids, _ = pad_batch(examples, idx)
@@ -45,13 +55,19 @@ def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", bat
             logits, targets = logits.float(), ids[:, 1:][mask]
             # log p(target) = logit(target) - logsumexp(logits): no (N, V) log-softmax tensor
             target_logits = logits.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
-            out["targets"].append(targets)
-            out["lm_logprob"].append((target_logits - torch.logsumexp(logits, dim=-1)).cpu())
+            rows = slice(row, row + len(targets))
+            out["targets"][rows] = targets.numpy()
+            out["lm_logprob"][rows] = (target_logits - torch.logsumexp(logits, dim=-1)).cpu().numpy()
             if keys is not None:
-                out["queries"].append(keys.float().cpu())
-            rows = torch.as_tensor(idx).unsqueeze(1).expand_as(mask)
-            out["example"].append(rows[mask])
-    return {k: torch.cat(v).numpy() for k, v in out.items() if v}
+                if queries is None:
+                    queries = np.empty((n, keys.shape[-1]), np.float32)
+                queries[rows] = keys.float().cpu().numpy()
+            out["example"][rows] = np.repeat(idx, mask.sum(1).numpy())  # each example's index, once per scored target
+            row += len(targets)
+    assert row == n, (row, n)
+    if key is not None:
+        out["queries"] = queries if queries is not None else np.zeros((0, model.config.hidden_size), np.float32)
+    return out
 
 
 def neighbour_values(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -63,10 +79,21 @@ def neighbour_values(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def evaluate(model, searcher, values, examples: Examples, k: int, key: str = "mlp_input",
              batch_tokens: int = 8192, log=None) -> dict:
-    """Everything the interpolation needs: LM log-probs and each position's neighbours."""
+    """Everything the interpolation needs: LM log-probs and each position's neighbours.
+
+    The search fills (N, k') float32 distances and int32 neighbour values batch by
+    batch; a batch's int64 ids are turned into values and dropped.
+    """
     found = lm_and_queries(model, examples, key, batch_tokens, log)
-    dists, ids = searcher.search(found.pop("queries"), k, log=log)
-    return {**found, "dists": dists, "nbr_values": neighbour_values(values, ids)}
+    queries = found.pop("queries")
+    width = searcher.width(k) if len(queries) else k  # no position: (0, k), as a search of nothing gives
+    dists = np.empty((len(queries), width), np.float32)
+    nbr_values = np.empty((len(queries), width), np.int32)
+    for rows, batch_dists, ids in searcher.batches(queries, k, log=log):
+        dists[rows] = batch_dists
+        nbr_values[rows] = neighbour_values(values, ids)
+        del batch_dists, ids  # not alive while the next batch is searched
+    return {**found, "dists": dists, "nbr_values": nbr_values}
 
 
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -82,10 +109,28 @@ def neighbour_logits(dists, nvalues, temperature: float) -> np.ndarray:
     return np.where(np.asarray(nvalues) < 0, -np.inf, logits)
 
 
-def knn_target_logprob(dists, nvalues, targets, temperature: float) -> np.ndarray:
-    """log p_knn(target) of each row, vectorised; -inf if no neighbour has the target."""
+def _row_chunks(n_rows: int, k: int, chunk_rows: int | None = None):
+    """Row slices small enough that a chunk's (rows, k) float64 temporaries take ~CHUNK_BYTES."""
+    rows = chunk_rows or max(1, CHUNK_BYTES // (8 * TEMPORARIES * max(k, 1)))
+    return (slice(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows))
+
+
+def knn_target_logprob(dists, nvalues, targets, temperature: float, chunk_rows: int | None = None) -> np.ndarray:
+    """log p_knn(target) of each row; -inf if no neighbour has the target.
+
+    Computed in row chunks: every step is row by row, so the result is the same as
+    over all rows at once, and the (N, k) float64 temporaries exist one chunk at a time.
+    """
+    dists, nvalues, targets = np.asarray(dists), np.asarray(nvalues), np.asarray(targets)
+    out = np.empty(len(dists), dtype=np.float64)
+    for rows in _row_chunks(len(dists), dists.shape[-1], chunk_rows):
+        out[rows] = _knn_target_logprob(dists[rows], nvalues[rows], targets[rows], temperature)
+    return out
+
+
+def _knn_target_logprob(dists, nvalues, targets, temperature: float) -> np.ndarray:
     logits = neighbour_logits(dists, nvalues, temperature)
-    match = np.asarray(nvalues) == np.asarray(targets)[:, None]
+    match = nvalues == targets[:, None]
     total = _logsumexp(logits)
     # a row with no neighbour at all (possible with IVF) has p_knn = 0 everywhere, so its
     # kNN-LM is (1 - lambda) p_lm, as in Khandelwal et al.'s implementation

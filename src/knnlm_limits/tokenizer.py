@@ -12,6 +12,7 @@ check costs no transformers import and can run while the workflow is planned.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOS = "<|endoftext|>"
+# Characters of text encoded at a time: one chunk's Python lists of ids (~40 bytes a
+# token) are all that exists beside the int32 stream.
+CHUNK_CHARS = 2**20
 
 
 class TokenizerError(RuntimeError):
@@ -59,12 +63,22 @@ def load_pretrained(name_or_path: str, config_key: str = "tokenizer.pretrained")
     return tok
 
 
-def build(settings: dict, train_file):
-    from .corpus import read_lines
+def iter_lines(text_path):
+    """A text file's lines with their newlines, read lazily: what the tokenizer trains on and encodes.
 
+    The lines are those of ``read_text().splitlines(keepends=True)``: universal newlines
+    while reading, then each line split again at the other breaks splitlines knows
+    (form feed, U+2028, ...), which only ever fall inside a line of the file.
+    """
+    with open(text_path, encoding="utf-8") as fh:
+        for line in fh:
+            yield from line.splitlines(keepends=True)
+
+
+def build(settings: dict, train_file):
     if settings.get("pretrained"):
         return load_pretrained(settings["pretrained"], "tokenizer.pretrained")
-    return train_bpe(read_lines(train_file), settings["vocab_size"])
+    return train_bpe(list(iter_lines(train_file)), settings["vocab_size"])
 
 
 # Tokenizer classes that are a tokenizer.json and nothing more (train_bpe saves one).
@@ -124,10 +138,35 @@ def check_same_vocabulary(workflow_dir, model_dir, model_key: str) -> None:
         )
 
 
-def encode_lines(tok, lines, add_eos_between: bool = False):
-    """Token ids of a text given as lines, concatenated into one stream."""
-    ids = tok(list(lines), add_special_tokens=False)["input_ids"]
-    if add_eos_between:
-        ids = [seq + [tok.eos_token_id] for seq in ids]
-    flat = [t for seq in ids for t in seq]
-    return np.asarray(flat, dtype=np.int32)
+def _chunks(lines, chunk_chars: int):
+    """Lists of consecutive lines, each closed by the line that brings it to `chunk_chars` characters."""
+    chunk, size = [], 0
+    for line in lines:
+        chunk.append(line)
+        size += len(line)
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def encode_lines(tok, lines, add_eos_between: bool = False, max_tokens: int | None = None,
+                 chunk_chars: int | None = None) -> np.ndarray:
+    """Token ids of a text given as lines (any iterable), concatenated into one int32 stream.
+
+    Each line is encoded alone, as the tokenizer was trained. Lines are taken a chunk
+    at a time and each chunk kept as an int32 array, so the stream costs 4 bytes a token
+    (8 while the chunks are joined); reading stops once `max_tokens` ids are had.
+    """
+    parts, total = [], 0
+    for chunk in _chunks(lines, chunk_chars or CHUNK_CHARS):
+        ids = tok(chunk, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        if add_eos_between:
+            ids = [seq + [tok.eos_token_id] for seq in ids]
+        parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids))))
+        total += len(parts[-1])
+        if max_tokens is not None and total >= max_tokens:
+            break
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    return stream[:max_tokens]
