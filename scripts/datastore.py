@@ -1,7 +1,8 @@
 from knnlm_limits import datastore, model
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream, windows
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p = snakemake.params
     lm = model.load_lm(snakemake.input.model)

@@ -1,7 +1,8 @@
 from knnlm_limits import figures, findings, inspection, io
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, inp, out = snakemake.params, snakemake.input, snakemake.output
     boot = (p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])

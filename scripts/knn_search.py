@@ -2,9 +2,10 @@ import numpy as np
 
 from knnlm_limits import io, knnlm, model
 from knnlm_limits.index import Searcher
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream, windows
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
     lm = model.load_lm(inp.model)

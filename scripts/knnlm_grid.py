@@ -1,6 +1,7 @@
 from knnlm_limits import figures, io, knnlm
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     grid = knnlm.grid(io.load_npz(snakemake.input[0]), snakemake.params.lambdas, snakemake.params.temperatures)
     io.write_csv(snakemake.output.csv, grid)

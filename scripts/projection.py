@@ -1,9 +1,10 @@
 import pandas as pd
 
 from knnlm_limits import figures, io, knnlm, model, projection
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream, windows
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, out = snakemake.params, snakemake.output
     lam, temperature = p.lam, p.temperature

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 
 from knnlm_limits import figures, findings, io, knnlm
-from knnlm_limits.snake import logged
+from knnlm_limits.snake import logged, release_freed_memory
 
+release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
     found = io.load_npz(inp.found)

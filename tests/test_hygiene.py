@@ -45,7 +45,7 @@ def test_report_holds_every_figure_and_table_with_caption(tiny_runs, tmp_path):
     snakemake("--report", str(report), "--configfile", ".tests/config.yaml", "--config", f"results={tiny_runs[0]}")
     html = report.read_text(errors="replace")
     for name in ("figure1.png", "figure2.png", "figure3.png", "figure1.csv", "table1.csv", "grid.png",
-                 "projection_traces.png", "findings.csv", "findings_by_scale.png"):
+                 "projection_traces.png", "findings.csv", "findings_by_scale.png", "gain_by_frequency.png"):
         assert name in html, name
     for caption in ("Macondo v1", "over-specified Macondo v2", "chat model", "MLP hurdle",
                     "validation perplexity", "95% interval"):

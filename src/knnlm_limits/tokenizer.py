@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 EOS = "<|endoftext|>"
 # Characters of text encoded at a time: one chunk's Python lists of ids (~40 bytes a
 # token) are all that exists beside the int32 stream.
-CHUNK_CHARS = 2**20
+CHUNK_CHARS = 2**18
 
 
 class TokenizerError(RuntimeError):
