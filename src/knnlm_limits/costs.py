@@ -283,7 +283,7 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
 
 
 def _index(config: dict, size: dict | None, n_keys: int | None, threads: int) -> Estimate:
-    from .index import EXACT, choose  # noqa: F401  (pure: no FAISS call)
+    from .index import choose
 
     m = table()["measured"]
     if n_keys is None or size is None:
