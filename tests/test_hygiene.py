@@ -53,9 +53,11 @@ def test_report_holds_every_figure_and_table_with_caption(tiny_runs, tmp_path):
 
 
 def test_every_rule_declares_log_benchmark_threads_resources_conda():
-    text = "\n".join(p.read_text() for p in sorted((ROOT / "rules").glob("*.smk")))
-    blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
-    rules = dict(zip(blocks[::2], blocks[1::2]))
+    rules = {}
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        # a rule's body is its indented lines: it ends at the file's next top-level line
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", path.read_text(), flags=re.M):
+            rules[name] = body
     assert len(rules) >= 18
     for name, body in rules.items():
         for directive in ("log:", "benchmark:", "threads:", "resources:", "conda:"):

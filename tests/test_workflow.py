@@ -131,8 +131,8 @@ def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_pat
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1,
-                    "projection": 1, "table1": 1, "findings": 1, "all": 1}
+    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1,
+                    "knnlm_grid": 1, "projection": 1, "table1": 1, "findings": 1, "all": 1}
 
 
 # ---------------------------------------------------------------- paper scale, rehearsed
