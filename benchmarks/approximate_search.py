@@ -61,9 +61,9 @@ def main():
     model_dir, store = first_point(args.results)
     lm = model.load_lm(str(model_dir))
     test = windows(load_stream(args.results / "data/tokens/corpus_test.npz"), block, stride)
-    found = knnlm.lm_and_queries(lm, test, cfg["knn"]["key"])
-    n = min(args.queries, len(found["targets"]))
-    queries = found["queries"][:n]
+    found, queries = knnlm.lm_and_queries(lm, test, cfg["knn"]["key"])
+    n = min(args.queries, len(found))
+    queries = queries[:n]
     keys_file, values = store / "keys.npy", np.load(store / "values.npy", mmap_mode="r")
     print(f"{model_dir.relative_to(args.results)}: {np.load(keys_file, mmap_mode='r').shape} keys, {n} queries, k = {k}")
 
@@ -76,7 +76,7 @@ def main():
             dists, ids = index.rerank(keys_file, queries, dists, ids)
             seconds += time.perf_counter() - t0
         nbr = knnlm.neighbour_values(values, ids)
-        run = {"targets": found["targets"][:n], "lm_logprob": found["lm_logprob"][:n], "dists": dists, "nbr_values": nbr}
+        run = knnlm.SearchResults(found.targets[:n], found.lm_logprob[:n], found.example[:n], dists, nbr)
         return {"index": name, "nprobe": nprobe, "rerank": rerank_exact, "ms_per_query": 1000 * seconds / n,
                 "recall_at_k": recall(ids, exact_ids), "perplexity": knnlm.perplexity(knnlm.knnlm_logprob(run, lam, temperature))}
 
@@ -92,7 +92,7 @@ def main():
                 rows.append(measure(factory, nprobe, rerank_exact, lambda: built.search(queries, k)))
                 print(pd.DataFrame([rows[-1]]).to_string(index=False, header=len(rows) == 2))
     table = pd.DataFrame(rows)
-    lm_ppl = knnlm.perplexity(found["lm_logprob"][:n])
+    lm_ppl = knnlm.perplexity(found.lm_logprob[:n])
     out = Path(__file__).resolve().parent / "out"
     io.write_csv(out / "approximate_search.csv", table)
 

@@ -60,7 +60,7 @@ def main():
                 ids, _ = pad_batch(examples, idx)
                 run(input_ids=ids.to(model.device_of(lm)))
 
-        q = knnlm.lm_and_queries(lm, queries)["queries"]
+        q = knnlm.lm_and_queries(lm, queries)[1]
         t_forward = best_of(lambda: bare_forward(queries), args.repeat)
         t_search = best_of(lambda: index.search(q, args.k), args.repeat)
 

@@ -9,7 +9,7 @@ with logged(snakemake) as log:
     prompts = pd.read_csv(snakemake.input.prompts)
     tables = []
     for path, run in zip(snakemake.input.runs, p.runs):
-        table = children.run_table(io.load_npz(path), p.steps, prompts, p.lam, p.temperature)
+        table = children.run_table(children.load_run(path), p.steps, prompts, p.lam, p.temperature)
         tables.append(table.assign(seed=run["seed"], variant=run["variant"]))
     table = pd.concat(tables, ignore_index=True)
     fig, summary = getattr(figures, p.figure)(table, p.title)

@@ -1,4 +1,4 @@
-from knnlm_limits import figures, findings, inspection, io
+from knnlm_limits import figures, findings, inspection, io, knnlm
 from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream
 
@@ -6,7 +6,7 @@ release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, inp, out = snakemake.params, snakemake.input, snakemake.output
     boot = (p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])
-    tokens = inspection.per_token(io.load_npz(inp.found), load_stream(inp.train), p.lam, p.temperature)
+    tokens = inspection.per_token(knnlm.SearchResults.load(inp.found), load_stream(inp.train), p.lam, p.temperature)
     buckets = inspection.by_bucket(tokens, *boot)
     io.write_csv(out.tokens, tokens)
     io.write_csv(out.csv, buckets)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from knnlm_limits import io, knnlm, model
+from knnlm_limits import knnlm, model
 from knnlm_limits.index import Searcher
 from knnlm_limits.snake import logged, release_freed_memory
 from knnlm_limits.tokens import load_stream, windows
@@ -15,6 +15,6 @@ with logged(snakemake) as log:
     for split in ("valid", "test"):
         examples = windows(load_stream(inp[split]), p.block_size, p.stride)
         found = knnlm.evaluate(lm, searcher, values, examples, k=p.k, key=p.key, batch_tokens=p.batch_tokens, log=log)
-        io.save_npz(snakemake.output[split], **found)
-        print(f"{split}: {len(found['targets'])} positions searched ({searcher.kind})", file=log)
+        found.save(snakemake.output[split])
+        print(f"{split}: {len(found)} positions searched ({searcher.kind})", file=log)
         del found  # before the next split's arrays are allocated, not after

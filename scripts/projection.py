@@ -12,7 +12,7 @@ with logged(snakemake) as log:
         lam, temperature = knnlm.tuned_setting(pd.read_csv(snakemake.input.grid))
     per_token, traces, summary = projection.run(
         model.load_lm(snakemake.input.model), windows(load_stream(snakemake.input.examples), p.block_size, p.stride),
-        io.load_npz(snakemake.input.found), lam, temperature, p.settings, log=log,
+        knnlm.SearchResults.load(snakemake.input.found), lam, temperature, p.settings, log=log,
     )
     per_token["lambda"], per_token["temperature"] = lam, temperature
     io.write_csv(out.tokens, per_token)

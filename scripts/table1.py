@@ -7,7 +7,7 @@ from knnlm_limits.snake import logged, release_freed_memory
 release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
-    found = io.load_npz(inp.found)
+    found = knnlm.SearchResults.load(inp.found)
     proj = pd.read_csv(inp.projection)
     summary = pd.read_csv(inp.summary)
     lam, temperature = float(proj["lambda"].iloc[0]), float(proj["temperature"].iloc[0])
@@ -22,14 +22,14 @@ with logged(snakemake) as log:
         # The four columns of the paper's Table 1 (and f's convex optimum), over the projected tokens.
         **{f"ppl_{col}": knnlm.perplexity(proj[col]) for col in ("lm", "knnlm", "proj_f", "proj_fg", "proj_f_reverse")},
         # The whole evaluated test set, fixed and validation-tuned (lambda, T).
-        "test_tokens": len(found["targets"]),
-        "test_ppl_lm": knnlm.perplexity(found["lm_logprob"]),
+        "test_tokens": len(found),
+        "test_ppl_lm": knnlm.perplexity(found.lm_logprob),
         "test_ppl_knnlm_fixed": knnlm.perplexity(knnlm.knnlm_logprob(found, p.lam, p.temperature)),
         "tuned_lambda": tuned_lam, "tuned_temperature": tuned_temperature,
         "test_ppl_knnlm_tuned": knnlm.perplexity(knnlm.knnlm_logprob(found, tuned_lam, tuned_temperature)),
     }
     io.write_csv(snakemake.output.csv, pd.DataFrame([row]))
-    rows = findings.table1(proj, found["lm_logprob"], test_knnlm, summary, scale,
+    rows = findings.table1(proj, found.lm_logprob, test_knnlm, summary, scale,
                            p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])
     table = findings.to_frame(rows)
     io.write_csv(snakemake.output.findings, table)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from knnlm_limits import children, macondo, model
+from knnlm_limits.knnlm import SearchResults
 from tests.support import default_locales
 
 SMALL = {"n_villagers": 40, "n_parents": 5, "children_counts": [1, 2, 3, 4, 5], "mentions": 2,
@@ -74,13 +75,13 @@ def test_lm_only_scoring_works_for_any_causal_lm(make):
 
 
 def test_loglik_table_methods():
-    found = {
-        "lm_logprob": np.log([0.5, 0.2]),
-        "dists": np.array([[0.0, 1.0], [0.0, 0.0]], np.float32),
-        "nbr_values": np.array([[3, 4], [7, 7]], np.int32),
-        "targets": np.array([3, 7]),
-        "example": np.array([0, 1]),
-    }
+    found = SearchResults(
+        lm_logprob=np.log([0.5, 0.2]),
+        dists=np.array([[0.0, 1.0], [0.0, 0.0]], np.float32),
+        nbr_values=np.array([[3, 4], [7, 7]], np.int32),
+        targets=np.array([3, 7]),
+        example=np.array([0, 1]),
+    )
     prompts = pd.DataFrame({"parent": ["a", "b"], "child": ["x", "y"], "n_children": [1, 1]})
     t = children.loglik_table(found, prompts, lam=0.5, temperature=1.0)
     get = lambda m: t[t.method == m].loglik.to_numpy()  # noqa: E731
@@ -107,14 +108,18 @@ def test_a_run_is_evaluated_at_every_checkpoint(village, small_tokenizer, tmp_pa
     knn = {"k": 16, "key": "mlp_input", "batch_tokens": 4096, "exact_max_keys": 10**6, "exact_index": "exact",
            "approximate_index": "IVF4,Flat", "index_train_sample": 1000, "nprobe": 1, "rerank": False}
     run = children.evaluate_run(paths, prompts, sentences, knn)
-    assert run["lm_logprob"].shape[0] == run["dists"].shape[0] == 2 and run["dists"].shape[2] == 16
+    assert run.lm_logprob.shape[0] == run.dists.shape[0] == 2 and run.dists.shape[2] == 16
     lm = model.load_lm(str(paths[1]))
-    found = lm_and_queries(lm, prompts)
+    found, queries = lm_and_queries(lm, prompts)
     keys, values = datastore.in_memory(lm, sentences)
-    dists, ids = exact_search(keys, found["queries"], 16)
-    np.testing.assert_allclose(run["lm_logprob"][1], found["lm_logprob"], atol=1e-6)
-    np.testing.assert_allclose(run["dists"][1], dists, rtol=1e-5, atol=1e-5)
+    dists, ids = exact_search(keys, queries, 16)
+    np.testing.assert_allclose(run.lm_logprob[1], found.lm_logprob, atol=1e-6)
+    np.testing.assert_allclose(run.dists[1], dists, rtol=1e-5, atol=1e-5)
     lm_only = children.evaluate_run(paths, prompts)
-    assert set(lm_only) == {"targets", "example", "lm_logprob"}
+    assert set(lm_only.arrays()) == {"targets", "example", "lm_logprob"}
+    children.save_run(tmp_path / "run.npz", [0, 10], run)
+    stored = children.load_run(tmp_path / "run.npz")
+    for name, array in run.arrays().items():
+        np.testing.assert_array_equal(getattr(stored, name), array)
     table = children.run_table(run, [0, 10], village.prompts, 0.25, 1.0)
     assert set(table.step) == {0, 10} and set(table.method) == {"lm", "knn", "knnlm"}

@@ -149,6 +149,6 @@ def test_datastore_and_knnlm_for_every_family(arch, key, tmp_path):
     np.testing.assert_allclose(keys, expected[:, :-1].reshape(-1, 32).numpy(), atol=1e-2, rtol=1e-2)
     searcher = index.Searcher(np.asarray(keys), "exact")
     found = knnlm.evaluate(lm, searcher, values, ex, k=4, key=key)
-    assert (found["dists"][:, 0] < 1e-3).all()  # each evaluated context is in the datastore
-    assert (found["nbr_values"][:, 0] == found["targets"]).mean() > 0.9  # ties of equal contexts aside
-    assert (knnlm.knnlm_logprob(found, 0.5, 1.0) > found["lm_logprob"]).mean() > 0.9
+    assert (found.dists[:, 0] < 1e-3).all()  # each evaluated context is in the datastore
+    assert (found.nbr_values[:, 0] == found.targets).mean() > 0.9  # ties of equal contexts aside
+    assert (knnlm.knnlm_logprob(found, 0.5, 1.0) > found.lm_logprob).mean() > 0.9

@@ -12,8 +12,9 @@ def _found(rng, n=400, k=8, vocab=50):
     targets = rng.integers(0, vocab, n)
     values = rng.integers(0, vocab, (n, k)).astype(np.int32)
     values[:, 0] = np.where(rng.random(n) < 0.5, targets, values[:, 0])  # half the rows retrieve their target
-    return {"targets": targets, "lm_logprob": np.log(rng.uniform(0.01, 0.5, n)).astype(np.float32),
-            "dists": np.sort(rng.uniform(0, 5, (n, k)), 1).astype(np.float32), "nbr_values": values}
+    return knnlm.SearchResults(targets=targets, lm_logprob=np.log(rng.uniform(0.01, 0.5, n)).astype(np.float32),
+                               example=np.zeros(n, np.int64),
+                               dists=np.sort(rng.uniform(0, 5, (n, k)), 1).astype(np.float32), nbr_values=values)
 
 
 def test_per_token_counts_buckets_and_gains_by_brute_force():
@@ -22,11 +23,11 @@ def test_per_token_counts_buckets_and_gains_by_brute_force():
     train = rng.zipf(1.3, 30_000) % 50  # a skewed training split
     tokens = inspection.per_token(found, train, lam=0.25, temperature=1.0)
     for i in rng.choice(len(tokens), 20, replace=False):
-        count = int(sum(1 for t in train if t == found["targets"][i]))
+        count = int(sum(1 for t in train if t == found.targets[i]))
         assert tokens.train_count[i] == count
         low, high = next(b for b in inspection.BUCKETS if b[0] <= count and (b[1] is None or count < b[1]))
         assert tokens.bucket[i] == inspection.bucket_label(low, high)
-    expected = knnlm.knnlm_logprob(found, 0.25, 1.0) - found["lm_logprob"].astype(np.float64)
+    expected = knnlm.knnlm_logprob(found, 0.25, 1.0) - found.lm_logprob.astype(np.float64)
     np.testing.assert_allclose(tokens.gain, expected, atol=1e-12)
 
 

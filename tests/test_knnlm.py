@@ -45,7 +45,7 @@ def test_matches_brute_force(setup, T, lam):
     p = lam * p_knn + (1 - lam) * np.exp(lm_logp)
     with np.errstate(divide="ignore"):
         expected = np.log(p[np.arange(Q), targets])
-    found = {"dists": dists, "nbr_values": nvalues, "targets": targets, "lm_logprob": lm_logp[np.arange(Q), targets]}
+    found = knnlm.SearchResults(targets, lm_logp[np.arange(Q), targets], np.zeros(Q, np.int64), dists, nvalues)
     got = knnlm.knnlm_logprob(found, lam, T)
     finite = np.isfinite(expected)
     assert (np.isfinite(got) == finite).all()
@@ -69,8 +69,7 @@ def test_missing_neighbours_carry_no_weight():
     assert nv.tolist() == [[5, -1]]
     assert knnlm.knn_target_logprob(np.array([[0.0, 0.0]]), nv, np.array([5]), 1.0)[0] == pytest.approx(0.0)
     # a row with no neighbour at all carries no kNN evidence: the kNN-LM is (1 - lambda) p_lm
-    none = {"dists": np.zeros((1, 2)), "nbr_values": np.full((1, 2), -1), "targets": np.array([3]),
-            "lm_logprob": np.log([0.5])}
+    none = knnlm.SearchResults(np.array([3]), np.log([0.5]), np.array([0]), np.zeros((1, 2)), np.full((1, 2), -1))
     assert knnlm.knnlm_logprob(none, 0.25, 1.0)[0] == pytest.approx(np.log(0.75 * 0.5))
     # and the whole distribution agrees: zero, not NaN
     assert knnlm.knn_distribution(np.full((1, 2), np.inf), np.full((1, 2), -1), 1.0, 4).tolist() == [[0.0] * 4]
@@ -84,7 +83,7 @@ def test_perplexity_by_hand():
 
 def test_grid_contains_fixed_setting(setup):
     _, _, _, targets, lm_logp, dists, nvalues = setup
-    found = {"dists": dists, "nbr_values": nvalues, "targets": targets, "lm_logprob": lm_logp[np.arange(Q), targets]}
+    found = knnlm.SearchResults(targets, lm_logp[np.arange(Q), targets], np.zeros(Q, np.int64), dists, nvalues)
     grid = knnlm.grid(found, [0.0, 0.25], [1.0, 2.0])
     assert len(grid) == 4
     at = grid[(grid["lambda"] == 0.25) & (grid.temperature == 1.0)].perplexity.item()

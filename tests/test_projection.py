@@ -151,7 +151,7 @@ def test_run_on_a_model_lines_up_with_search_results(arch):
     lm = model.build_model(60, 2, 16, 2, 16, architecture=arch, seed=0).eval()
     rng = np.random.default_rng(0)
     ex = from_sequences(rng.integers(0, 60, size=(4, 10)))
-    keys = knnlm.lm_and_queries(lm, ex)["queries"]
+    keys = knnlm.lm_and_queries(lm, ex)[1]
     values = ex.tokens.reshape(4, 10)[:, 1:].reshape(-1)
     searcher = Searcher(keys.astype(np.float16), "exact")
     found = knnlm.evaluate(lm, searcher, values, ex, k=8)
@@ -160,7 +160,7 @@ def test_run_on_a_model_lines_up_with_search_results(arch):
     per_token, traces, summary = projection.run(lm, ex, found, 0.25, 1.0, settings)
     chosen = per_token.position.to_numpy()
     assert len(per_token) == 20 and len(set(chosen)) == 20 and chosen.max() > 20  # drawn over the whole set
-    np.testing.assert_allclose(per_token.lm, found["lm_logprob"][chosen], atol=1e-5)
+    np.testing.assert_allclose(per_token.lm, found.lm_logprob[chosen], atol=1e-5)
     np.testing.assert_allclose(per_token.knnlm, knnlm.knnlm_logprob(found, 0.25, 1.0)[chosen], atol=1e-5)
     assert set(traces.target) == {"f", "f∘g", "f, reverse KL (L-BFGS)"} and traces.iteration.max() <= 12
     assert list(summary.column) == ["proj_f", "proj_fg", "proj_f_reverse"]

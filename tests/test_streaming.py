@@ -107,15 +107,15 @@ def _search_results(n=103, k=37, vocab=11, seed=0):
     dists[7] = dists[7, 0]  # equal distances
     targets = rng.integers(0, vocab, size=n)
     lm = np.log(rng.uniform(0.01, 1.0, size=n)).astype(np.float32)
-    return {"dists": dists, "nbr_values": values, "targets": targets, "lm_logprob": lm}
+    return knnlm.SearchResults(targets, lm, np.zeros(n, np.int64), dists, values)
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 1, 7, 50, 102, 103, 1000])
 @pytest.mark.parametrize("temperature", [1.0, 13.0])
 def test_chunked_knn_target_logprob_is_the_unchunked_one(chunk_rows, temperature):
     found = _search_results()
-    expected = _old_knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], temperature)
-    got = knnlm.knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], temperature, chunk_rows)
+    expected = _old_knn_target_logprob(found.dists, found.nbr_values, found.targets, temperature)
+    got = knnlm.knn_target_logprob(found.dists, found.nbr_values, found.targets, temperature, chunk_rows)
     assert got.dtype == expected.dtype == np.float64
     np.testing.assert_array_equal(got, expected)
     assert np.isneginf(got[[3, 50, 101]]).all()
@@ -123,9 +123,9 @@ def test_chunked_knn_target_logprob_is_the_unchunked_one(chunk_rows, temperature
 
 def test_knnlm_logprob_and_grid_are_the_unchunked_ones(monkeypatch):
     found = _search_results(n=250, k=64)
-    lm = found["lm_logprob"].astype(np.float64)
+    lm = found.lm_logprob.astype(np.float64)
     lambdas, temperatures = [0.0, 0.25, 1.0], [1.0, 5.0]
-    unchunked = {t: _old_knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], t)
+    unchunked = {t: _old_knn_target_logprob(found.dists, found.nbr_values, found.targets, t)
                  for t in temperatures}
     monkeypatch.setattr(knnlm, "CHUNK_BYTES", 64 * 8 * knnlm.TEMPORARIES * 13)  # 13-row chunks
     np.testing.assert_array_equal(knnlm.knnlm_logprob(found, 0.25, 5.0), knnlm.interpolate(lm, unchunked[5.0], 0.25))
@@ -265,7 +265,7 @@ def test_evaluate_saves_the_old_arrays(lm_and_data, kind, k):
         searcher = index.Searcher(folder / "k.npy", "exact")
     else:
         searcher = index.Searcher.open(folder / "ivf", folder / "k.npy", {**settings, "rerank": kind == "ivf_reranked"})
-    got = knnlm.evaluate(lm, searcher, values, evaluated, k=k, batch_tokens=100)
+    got = knnlm.evaluate(lm, searcher, values, evaluated, k=k, batch_tokens=100).arrays()
     expected = _old_evaluate(lm, searcher, values, evaluated, k=k, batch_tokens=100)
     assert list(got) == list(expected) == ["targets", "lm_logprob", "example", "dists", "nbr_values"]
     for name in expected:
@@ -290,13 +290,13 @@ def test_search_in_batches_is_the_old_search(lm_and_data):
 
 def test_lm_and_queries_without_a_key_and_without_examples(lm_and_data):
     lm, evaluated, _, _ = lm_and_data
-    got = knnlm.lm_and_queries(lm, evaluated, key=None, batch_tokens=70)
+    got, queries = knnlm.lm_and_queries(lm, evaluated, key=None, batch_tokens=70)
     expected = _old_lm_and_queries(lm, evaluated, None, 70)
-    assert list(got) == ["targets", "lm_logprob", "example"] and set(got) == set(expected)
+    assert queries is None and list(got.arrays()) == ["targets", "lm_logprob", "example"] == list(expected)
     for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name])
-    none = knnlm.lm_and_queries(lm, Examples(evaluated.tokens, *(np.zeros(0, np.int64),) * 3))
-    assert none["queries"].shape == (0, 32) and none["targets"].shape == (0,)
+        np.testing.assert_array_equal(getattr(got, name), expected[name])
+    none, queries = knnlm.lm_and_queries(lm, Examples(evaluated.tokens, *(np.zeros(0, np.int64),) * 3))
+    assert queries.shape == (0, 32) and none.targets.shape == (0,)
 
 
 def test_datastore_keys_are_the_old_ones(lm_and_data):

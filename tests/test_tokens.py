@@ -41,7 +41,7 @@ def test_windowed_perplexity_equals_a_token_by_token_reference():
     stream = np.random.default_rng(0).integers(0, 40, 45)
     block, stride = 16, 6
     ex = windows(stream, block, stride)
-    found = knnlm.lm_and_queries(lm, ex, key=None, batch_tokens=40)
+    found, _ = knnlm.lm_and_queries(lm, ex, key=None, batch_tokens=40)
     reference = []
     with torch.no_grad():
         for i in range(len(ex)):
@@ -51,8 +51,8 @@ def test_windowed_perplexity_equals_a_token_by_token_reference():
                 logp = torch.log_softmax(lm(input_ids=context).logits[0, -1], -1)
                 reference.append(logp[stream[start + p]].item())
     assert len(reference) == len(stream) - 1
-    np.testing.assert_allclose(found["lm_logprob"], reference, atol=1e-5)
-    assert knnlm.perplexity(found["lm_logprob"]) == pytest.approx(np.exp(-np.mean(reference)), rel=1e-6)
+    np.testing.assert_allclose(found.lm_logprob, reference, atol=1e-5)
+    assert knnlm.perplexity(found.lm_logprob) == pytest.approx(np.exp(-np.mean(reference)), rel=1e-6)
 
 
 def test_examples_round_trip(tmp_path):

@@ -59,10 +59,10 @@ def test_gain_by_frequency_agrees_with_the_search_results(tiny_runs):
     results = tiny_runs[0]
     point = results / "table1/corpus_lm/tiny/step-20"
     tokens = pd.read_csv(point / "gain_tokens.csv")
-    found = {k: v for k, v in np.load(results / "knn/corpus_lm/tiny/step-20/test.npz").items()}
+    found = knnlm.SearchResults.load(results / "knn/corpus_lm/tiny/step-20/test.npz")
     config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
     lam, temperature = config.get("knn", {}).get("lambda", 0.25), config.get("knn", {}).get("temperature", 1.0)
-    np.testing.assert_allclose(tokens.gain, knnlm.knnlm_logprob(found, lam, temperature) - found["lm_logprob"], atol=1e-9)
+    np.testing.assert_allclose(tokens.gain, knnlm.knnlm_logprob(found, lam, temperature) - found.lm_logprob, atol=1e-9)
     buckets = pd.read_csv(point / "gain_by_frequency.csv")
     assert buckets.tokens.sum() == len(tokens) and buckets.share.sum() == pytest.approx(1.0)
     row = pd.read_csv(results / "findings.csv").set_index("finding").loc["knn_gain_concentrated_in_rare_tokens"]
@@ -114,8 +114,8 @@ def test_table1_findings_recomputed_from_the_stage_inputs(tiny_runs):
         assert row.measured == pytest.approx(gap, rel=1e-9)
         assert row.ci_low <= row.measured <= row.ci_high
         assert row.holds == (row.ci_high < 0.5 if column == "proj_f" else row.ci_low > 0.5)
-    knn = dict(np.load(tiny_runs[0] / "knn/corpus_lm/tiny/step-20/test.npz"))
-    diff = knnlm.perplexity(knn["lm_logprob"]) - knnlm.perplexity(knnlm.knnlm_logprob(knn, 0.25, 1.0))
+    knn = knnlm.SearchResults.load(tiny_runs[0] / "knn/corpus_lm/tiny/step-20/test.npz")
+    diff = knnlm.perplexity(knn.lm_logprob) - knnlm.perplexity(knnlm.knnlm_logprob(knn, 0.25, 1.0))
     assert found.loc["knnlm_beats_lm"].measured == pytest.approx(diff, rel=1e-9)
 
 

@@ -43,12 +43,12 @@ def token_counts(stream: np.ndarray, vocab_size: int, chunk: int = 2**24) -> np.
     return counts
 
 
-def per_token(found: dict, train_tokens: np.ndarray, lam: float, temperature: float) -> pd.DataFrame:
+def per_token(found: knnlm.SearchResults, train_tokens: np.ndarray, lam: float, temperature: float) -> pd.DataFrame:
     """One row per evaluated test position: its target, how often the training split has it,
     its bucket, log p_lm, log p_knnlm and the gain."""
-    targets = np.asarray(found["targets"], dtype=np.int64)
+    targets = np.asarray(found.targets, dtype=np.int64)
     seen = token_counts(train_tokens, int(targets.max()) + 1)[targets]
-    lm = found["lm_logprob"].astype(np.float64)
+    lm = found.lm_logprob.astype(np.float64)
     mixed = knnlm.knnlm_logprob(found, lam, temperature)
     bucket = np.empty(len(targets), dtype=object)
     for low, high in BUCKETS:

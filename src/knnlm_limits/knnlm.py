@@ -16,9 +16,12 @@ a fraction of a second.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
+
 import numpy as np
 from tqdm import tqdm
 
+from . import io
 from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 
 # The interpolation runs over row chunks whose (rows, k) float64 temporaries (about
@@ -27,10 +30,53 @@ CHUNK_BYTES = 64 * 2**20
 TEMPORARIES = 5
 
 
-def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", batch_tokens: int = 8192, log=None):
-    """At every scored position: target token, log p_lm(target), and the kNN query key.
+@dataclass
+class SearchResults:
+    """What the search stores, one row per scored position of the evaluated examples.
 
-    ``key=None`` scores with the LM alone (no queries): any causal LM works. The
+    An LM-only evaluation has no neighbours (dists and nbr_values None). A Macondo
+    run stacks its checkpoints on a leading axis (see children.evaluate_run).
+    """
+
+    targets: np.ndarray  # int64 (N,): the token to predict
+    lm_logprob: np.ndarray  # float32 (N,): log p_lm(target)
+    example: np.ndarray  # int64 (N,): the example (window, sentence) the position is in
+    dists: np.ndarray | None = None  # float32 (N, k): squared L2 distances of the neighbours
+    nbr_values: np.ndarray | None = None  # int32 (N, k): their next tokens; -1 where none was found
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def has_neighbours(self) -> bool:
+        return self.dists is not None
+
+    def with_neighbours(self, dists: np.ndarray, nbr_values: np.ndarray) -> "SearchResults":
+        return replace(self, dists=dists, nbr_values=nbr_values)
+
+    def arrays(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def save(self, path) -> None:
+        io.save_npz(path, **self.arrays())
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, source) -> "SearchResults":
+        unknown = set(arrays) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{source}: not search results (unexpected arrays {sorted(unknown)})")
+        return cls(**arrays)
+
+    @classmethod
+    def load(cls, path) -> "SearchResults":
+        return cls.from_arrays(io.load_npz(path), path)
+
+
+def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", batch_tokens: int = 8192, log=None):
+    """(SearchResults without neighbours, queries): at every scored position the target
+    token, log p_lm(target), and the kNN query key (an (N, d) float32 array).
+
+    ``key=None`` scores with the LM alone (queries None): any causal LM works. The
     outputs are allocated once for ``examples.n_scored()`` rows and filled batch by
     batch (no per-batch lists joined at the end, which would hold everything twice).
     """
@@ -65,9 +111,9 @@ def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", bat
             out["example"][rows] = np.repeat(idx, mask.sum(1).numpy())  # each example's index, once per scored target
             row += len(targets)
     assert row == n, (row, n)
-    if key is not None:
-        out["queries"] = queries if queries is not None else np.zeros((0, model.config.hidden_size), np.float32)
-    return out
+    if key is not None and queries is None:  # no position at all
+        queries = np.zeros((0, model.config.hidden_size), np.float32)
+    return SearchResults(**out), queries
 
 
 def neighbour_values(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -78,14 +124,13 @@ def neighbour_values(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model, searcher, values, examples: Examples, k: int, key: str = "mlp_input",
-             batch_tokens: int = 8192, log=None) -> dict:
+             batch_tokens: int = 8192, log=None) -> SearchResults:
     """Everything the interpolation needs: LM log-probs and each position's neighbours.
 
     The search fills (N, k') float32 distances and int32 neighbour values batch by
     batch; a batch's int64 ids are turned into values and dropped.
     """
-    found = lm_and_queries(model, examples, key, batch_tokens, log)
-    queries = found.pop("queries")
+    found, queries = lm_and_queries(model, examples, key, batch_tokens, log)
     width = searcher.width(k) if len(queries) else k  # no position: (0, k), as a search of nothing gives
     dists = np.empty((len(queries), width), np.float32)
     nbr_values = np.empty((len(queries), width), np.int32)
@@ -93,7 +138,7 @@ def evaluate(model, searcher, values, examples: Examples, k: int, key: str = "ml
         dists[rows] = batch_dists
         nbr_values[rows] = neighbour_values(values, ids)
         del batch_dists, ids  # not alive while the next batch is searched
-    return {**found, "dists": dists, "nbr_values": nbr_values}
+    return found.with_neighbours(dists, nbr_values)
 
 
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -165,20 +210,24 @@ def perplexity(logprobs) -> float:
     return float(np.exp(-np.mean(np.asarray(logprobs, dtype=np.float64))))
 
 
-def knnlm_logprob(found: dict, lam: float, temperature: float) -> np.ndarray:
+def knn_logprob(found: SearchResults, temperature: float) -> np.ndarray:
+    """Per-token log p_knn(target) from the stored search results."""
+    return knn_target_logprob(found.dists, found.nbr_values, found.targets, temperature)
+
+
+def knnlm_logprob(found: SearchResults, lam: float, temperature: float) -> np.ndarray:
     """Per-token log p_knnlm(target) from the stored search results."""
-    log_knn = knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], temperature)
-    return interpolate(found["lm_logprob"].astype(np.float64), log_knn, lam)
+    return interpolate(found.lm_logprob.astype(np.float64), knn_logprob(found, temperature), lam)
 
 
-def grid(found: dict, lambdas, temperatures):
+def grid(found: SearchResults, lambdas, temperatures):
     """Perplexity over a (lambda, T) grid; the p_knn of each T is computed once."""
     import pandas as pd
 
-    lm = found["lm_logprob"].astype(np.float64)
+    lm = found.lm_logprob.astype(np.float64)
     rows = []
     for t in temperatures:
-        log_knn = knn_target_logprob(found["dists"], found["nbr_values"], found["targets"], t)
+        log_knn = knn_logprob(found, t)
         for lam in lambdas:
             rows.append({"lambda": lam, "temperature": t, "perplexity": perplexity(interpolate(lm, log_knn, lam))})
     return pd.DataFrame(rows)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .knnlm import interpolate, knn_distribution
+from .knnlm import SearchResults, interpolate, knn_distribution
 from .model import device_of, enc, f_logits, g
 from .tokens import batches_by_tokens, pad_batch
 
@@ -150,22 +150,22 @@ def target_logprob(head, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         return torch.log_softmax(head(z), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def sample_positions(found: dict, n_tokens: int, seed: int = 0) -> np.ndarray:
+def sample_positions(found: SearchResults, n_tokens: int, seed: int = 0) -> np.ndarray:
     """Indices of `n_tokens` scored test positions drawn uniformly (seeded), in order.
 
     A sample over the whole test set, not its first tokens, which sit in the
     first window with the least context.
     """
-    n = len(found["targets"])
+    n = len(found)
     if n_tokens >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=n_tokens, replace=False))
 
 
 @torch.no_grad()
-def enc_at(lm, examples, found: dict, chosen: np.ndarray, batch_tokens: int = 8192) -> torch.Tensor:
+def enc_at(lm, examples, found: SearchResults, chosen: np.ndarray, batch_tokens: int = 8192) -> torch.Tensor:
     """h = enc(c) of the contexts of the chosen scored positions (rows of `found`), (n, d)."""
-    example = found["example"]
+    example = found.example
     first = np.searchsorted(example, np.arange(len(examples)))  # first found row of each example
     rows, cols = example[chosen], examples.score_start[example[chosen]] + (chosen - first[example[chosen]]) - 1
     device = device_of(lm)
@@ -179,7 +179,7 @@ def enc_at(lm, examples, found: dict, chosen: np.ndarray, batch_tokens: int = 81
             sel = np.flatnonzero(rows == e)
             out[sel] = h[b, torch.as_tensor(cols[sel], device=device)]
             targets = ids[b, torch.as_tensor(cols[sel] + 1)]
-            if not torch.equal(targets, torch.as_tensor(found["targets"][chosen[sel]]).long()):
+            if not torch.equal(targets, torch.as_tensor(found.targets[chosen[sel]]).long()):
                 raise RuntimeError("projection tokens do not line up with the kNN search results")
     return out
 
@@ -202,7 +202,7 @@ def projections(settings: dict) -> dict:
 COLUMNS = {"f": "proj_f", "f∘g": "proj_fg", "f, reverse KL (L-BFGS)": "proj_f_reverse"}
 
 
-def run(lm, examples, found: dict, lam: float, temperature: float, settings: dict, log=None):
+def run(lm, examples, found: SearchResults, lam: float, temperature: float, settings: dict, log=None):
     """Project p_knnlm at `settings['tokens']` test positions sampled uniformly.
 
     Returns (per-token DataFrame of the true token's log-prob under the LM, the
@@ -213,7 +213,7 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
     lm.eval()
     chosen = sample_positions(found, settings["tokens"], settings["seed"])
     h_all = enc_at(lm, examples, found, chosen)
-    targets = torch.as_tensor(found["targets"][chosen]).long()
+    targets = torch.as_tensor(found.targets[chosen]).long()
     n = len(chosen)
 
     heads = {"f": lambda z: f_logits(lm, z), "f∘g": lambda z: f_logits(lm, g(lm, z))}
@@ -231,7 +231,7 @@ def run(lm, examples, found: dict, lam: float, temperature: float, settings: dic
         with torch.no_grad():
             z0 = g(lm, h)
             log_lm = torch.log_softmax(f_logits(lm, z0), -1)
-            p_knn = knn_distribution(found["dists"][chosen[sl]], found["nbr_values"][chosen[sl]], temperature, vocab)
+            p_knn = knn_distribution(found.dists[chosen[sl]], found.nbr_values[chosen[sl]], temperature, vocab)
             with np.errstate(divide="ignore"):
                 log_knn = torch.from_numpy(np.log(p_knn)).to(device=device, dtype=log_lm.dtype)
             target = interpolate(log_lm, log_knn, lam)

@@ -188,11 +188,12 @@ def fingerprint(model, examples: Examples, s: TrainSettings) -> str:
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(type(model).__name__.encode())
     digest.update(model.config.to_json_string(use_diff=True).encode())
+    # memoryviews, not tobytes(): hashing the training stream must not copy it
     for array in (examples.tokens, examples.starts, examples.sizes, examples.score_start):
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
