@@ -213,6 +213,43 @@ def run_checkpoints(model, section):
     ]
 
 
+def macondo_runs(experiment):
+    """Every training run of Figure 1 (memorization) or Figure 2 (overspecification) by its
+    model name, with what evaluating it reads: the sentences it was trained on, whether
+    it has a kNN-LM (whose datastore holds them) and, for Figure 1, its shape."""
+    if experiment == "memorization":
+        m = config["memorization"]
+        return {
+            memorization_model(s["name"], v, seed): {
+                "sentences": "macondo_v1",
+                "knn": v in m["knn_variants"],
+                "shape": s["name"],
+            }
+            for s in m["shapes"]
+            for v in m["variants"]
+            for seed in m["seeds"]
+        }
+    return {
+        overspecification_model(seed): {"sentences": "macondo_v2", "knn": True}
+        for seed in config["overspecification"]["seeds"]
+    }
+
+
+def children_results(model):
+    """The children_eval output of a Macondo run."""
+    return f"{R}/children/{model}.npz"
+
+
+def macondo_run(w):
+    """The run a children_eval job evaluates (wildcards experiment and run)."""
+    runs, name = macondo_runs(w.experiment), f"{w.experiment}/{w.run}"
+    if name not in runs:
+        raise ValueError(
+            f"children/{name}.npz: config.{w.experiment} has no such run ({', '.join(sorted(runs))})"
+        )
+    return runs[name]
+
+
 def knn_settings():
     """Exactly the kNN settings a Macondo run's search reads (not lambda or T)."""
     keys = (
@@ -237,9 +274,10 @@ def index_settings():
 # ---------------------------------------------------------------- resources
 
 
-def _job_estimate(rule_name, kind, uses_gpu, wildcards):
-    """The cost model's estimate of one job (knnlm_limits/costs.py)."""
-    w = dict(wildcards.items())
+def _job_estimate(rule_name, kind, uses_gpu, wildcards, facts=None):
+    """The cost model's estimate of one job (knnlm_limits/costs.py); facts(wildcards)
+    adds what the cost model needs that the wildcards do not say."""
+    w = dict(wildcards.items()) | (facts(wildcards) if facts else {})
     if "name" in w and w["name"] in imported_models():
         w["source"] = imported_models()[w["name"]][0]
     return costs.estimate(
@@ -252,18 +290,21 @@ def _job_estimate(rule_name, kind, uses_gpu, wildcards):
     )
 
 
-def res(kind, rule_name, gpu=True):
+def res(kind, rule_name, gpu=True, facts=None):
     """Snakemake resources of a job: memory and runtime from the cost model (raised on a
     retry, between config.resources.<kind>'s floor and cap), the kind's GPUs unless
     gpu=False, and the first cluster partition that fits."""
     caps = config["resources"][kind]
     uses_gpu = bool(caps["gpus"]) and gpu
 
+    def estimate(w):
+        return _job_estimate(rule_name, kind, uses_gpu, w, facts)
+
     def requested(w, attempt):
-        return costs.request(_job_estimate(rule_name, kind, uses_gpu, w), caps, attempt)
+        return costs.request(estimate(w), caps, attempt)
 
     def partition(w, attempt):
-        est = _job_estimate(rule_name, kind, uses_gpu, w)
+        est = estimate(w)
         return costs.partition(config, est, requested(w, attempt)["runtime"])
 
     out = {
@@ -272,11 +313,7 @@ def res(kind, rule_name, gpu=True):
         "slurm_partition": partition,
         # the estimate itself, for `make plan` to set beside the request (no scheduler reads these)
         **{
-            f"est_{name}": (
-                lambda w, name=name: costs.as_resources(
-                    _job_estimate(rule_name, kind, uses_gpu, w)
-                )[name]
-            )
+            f"est_{name}": (lambda w, name=name: costs.as_resources(estimate(w))[name])
             for name in costs.ESTIMATE_FIELDS
         },
     }

@@ -1,42 +1,14 @@
 # Figure 2 (paper section 5): fine-tune on Macondo v2, test on v1 prompts; the
 # kNN-LM's datastore holds the v2 sentences under each checkpoint. One
-# evaluation job per run, as for Figure 1.
-
-
-rule overspecification_eval:
-    input:
-        checkpoints=lambda w: run_checkpoints(
-            overspecification_model(w.seed), "overspecification"
-        ),
-        prompts=tokens("prompts_v1"),
-        sentences=tokens("macondo_v2"),
-    output:
-        f"{R}/children/overspecification/seed-{{seed}}.npz",
-    log:
-        f"{LOGS}/children/overspecification/seed-{{seed}}.log",
-    benchmark:
-        f"{BENCH}/children/overspecification/seed-{{seed}}.tsv"
-    priority: 10
-    group:
-        "overspecification_run"
-    conda:
-        ENV
-    threads: threads("embed")
-    resources:
-        **res("embed", "overspecification_eval"),
-    params:
-        steps=sorted(config["overspecification"]["train"]["checkpoints"]),
-        knn=knn_settings(),
-    script:
-        "../scripts/children.py"
+# evaluation job per run (rules/children.smk), as for Figure 1.
 
 
 rule figure2:
     input:
-        runs=expand(
-            f"{R}/children/overspecification/seed-{{seed}}.npz",
-            seed=config["overspecification"]["seeds"],
-        ),
+        runs=[
+            children_results(overspecification_model(s))
+            for s in config["overspecification"]["seeds"]
+        ],
         prompts=rules.macondo.output.prompts,
     output:
         **figure_outputs(f"{R}/figure2", "figure2"),

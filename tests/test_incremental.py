@@ -36,7 +36,7 @@ def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_p
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "exact_index": "Flat"}})
     # Macondo's small datastores are searched inside their run's evaluation job (one per run,
     # with a kNN-LM: memorization full seed 0, overspecification seed 0)
-    assert jobs == {"index": 1, "knn_search": 1, "memorization_eval": 1, "overspecification_eval": 1, "knnlm_grid": 1,
+    assert jobs == {"index": 1, "knn_search": 1, "children_eval": 2, "knnlm_grid": 1,
                     "projection": 1, "table1": 1, "knn_gains": 1, "figure1": 1, "figure2": 1, "findings": 1, "all": 1}
 
 
@@ -44,7 +44,7 @@ def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
     mem = {**TINY["memorization"], "seeds": [0, 1]}
     jobs = plan(tiny_runs[0], tmp_path, {"memorization": mem})
     # full and no_last_mlp of seed 1: a training and an evaluation job each
-    assert jobs == {"train_memorization": 2, "memorization_eval": 2, "figure1": 1, "findings": 1, "all": 1}
+    assert jobs == {"train_memorization": 2, "children_eval": 2, "figure1": 1, "findings": 1, "all": 1}
 
 
 def test_stride_reruns_the_corpus_evaluation_not_training(tiny_runs, tmp_path):

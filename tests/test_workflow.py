@@ -19,13 +19,14 @@ def test_dry_run_plans_the_default_dag(tmp_path):
     expected = {"corpus", "tokenizer", "macondo", "train_corpus_lm", "train_memorization", "datastore", "index",
                 "knn_search", "projection", "table1", "figure1", "figure2", "figure3", "findings"}
     assert expected <= set(jobs)
-    assert jobs["train_memorization"] == jobs["memorization_eval"] == 4  # 2 variants x 2 seeds, one eval job each
-    assert jobs["overspecification_eval"] == 2 and jobs["knn_search"] == 1
+    # one evaluation job per Macondo run: 2 variants x 2 seeds (Figure 1), 2 seeds (Figure 2)
+    assert jobs["train_memorization"] == 4 and jobs["train_overspecification"] == 2
+    assert jobs["children_eval"] == 4 + 2 and jobs["knn_search"] == 1
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("configs, expected", [
-    (["config/paper.yaml"], {"train_memorization": 10, "memorization_eval": 10, "train_overspecification": 5,
+    (["config/paper.yaml"], {"train_memorization": 10, "children_eval": 15, "train_overspecification": 5,
                              "import_pretrained": 2, "knn_search": 1}),
     (["config/pretrained.yaml"], {"import_pretrained": 1, "knn_search": 1, "projection": 1}),
     (["config/wikitext2-local.yaml", "config/sweep.yaml"], {"train_corpus_lm": 3, "table1": 6, "train_memorization": 20}),

@@ -262,10 +262,9 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
         flops = rows * iterations * 6 * size["vocab"] * size["d"]
         seconds = _seconds(flops, uses_gpu, threads) + _forward(size, test * _window_factor(config), uses_gpu, threads)
         return Estimate(mem, seconds / 60, (solver_mb + size["params"] * 4 / MB) if uses_gpu else 0.0, 0.0, uses_gpu)
-    if rule in ("memorization_eval", "overspecification_eval", "figure3"):
-        section = {"memorization_eval": "memorization", "overspecification_eval": "overspecification",
-                   "figure3": "chat"}[rule]
-        if rule == "memorization_eval":
+    if rule in ("children_eval", "figure3"):
+        section = "chat" if rule == "figure3" else wildcards["experiment"]
+        if section == "memorization":
             shape = next(s for s in config["memorization"]["shapes"] if s["name"] == wildcards["shape"])
             size = shape_size(config, shape, base_dir)
         else:
