@@ -99,12 +99,22 @@ def datastore(model, step):
     return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
 
 
+def datastore_positions(model, step):
+    """Where each datastore entry came from in the training split (read by inspection only)."""
+    return f"{R}/datastores/{model}/step-{step}/positions.npy"
+
+
 def index_dir(model, step):
     return f"{R}/indexes/{model}/step-{step}"
 
 
 def knn_file(model, step, evalset):
     return f"{R}/knn/{model}/step-{step}/{evalset}.npz"
+
+
+def knn_ids_file(model, step):
+    """The test split's neighbour ids (datastore rows), for the inspection of neighbours."""
+    return f"{R}/knn/{model}/step-{step}/test_ids.npy"
 
 
 def table1_dir(model, step):
@@ -331,8 +341,10 @@ def all_targets():
         f"{R}/figure1/{s['name']}/figure1.png" for s in config["memorization"]["shapes"]
     ]
     table1 = [f"{table1_dir(m, s)}/table1.md" for m, s in corpus_points()]
+    neighbours = [f"{table1_dir(m, s)}/neighbours.html" for m, s in corpus_points()]
     return [
         *table1,
+        *neighbours,
         *figure1,
         f"{R}/figure2/figure2.png",
         f"{R}/figure3/figure3.png",

@@ -9,6 +9,7 @@ rule datastore:
         examples=tokens("corpus_train"),
     output:
         **datastore("{model}", "{step}"),
+        position_file=datastore_positions("{model}", "{step}"),
     log:
         f"{LOGS}/datastore/{{model}}/step-{{step}}.log",
     benchmark:

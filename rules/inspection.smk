@@ -28,3 +28,41 @@ rule knn_gains:
         bootstrap=canon(config["findings"]),
     script:
         "../scripts/knn_gains.py"
+
+
+rule knn_neighbours:
+    input:
+        found=knn_file("{model}", "{step}", "test"),
+        ids=knn_ids_file("{model}", "{step}"),
+        positions=datastore_positions("{model}", "{step}"),
+        train=tokens("corpus_train"),
+        test=tokens("corpus_test"),
+        tokenizer=f"{R}/data/tokenizer",
+    output:
+        csv=report(
+            f"{R}/table1/{{model}}/step-{{step}}/neighbours.csv",
+            caption="../report/neighbours.rst",
+            category="Where retrieval helps",
+        ),
+        html=report(
+            f"{R}/table1/{{model}}/step-{{step}}/neighbours.html",
+            caption="../report/neighbours.rst",
+            category="Where retrieval helps",
+        ),
+    log:
+        f"{LOGS}/table1/{{model}}/step-{{step}}/neighbours.log",
+    benchmark:
+        f"{BENCH}/table1/{{model}}/step-{{step}}/neighbours.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small", "knn_neighbours"),
+    params:
+        **windowing(),
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
+        settings=canon(config["inspect"]),
+        title=lambda w: f"{w.model} step {w.step}",
+    script:
+        "../scripts/knn_neighbours.py"

@@ -13,6 +13,7 @@ rule knn_search:
     output:
         valid=knn_file("{model}", "{step}", "valid"),
         test=knn_file("{model}", "{step}", "test"),
+        test_ids=knn_ids_file("{model}", "{step}"),
     log:
         f"{LOGS}/knn/{{model}}/step-{{step}}.log",
     benchmark:

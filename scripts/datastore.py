@@ -7,6 +7,7 @@ with logged(snakemake) as log:
     p = snakemake.params
     lm = model.load_lm(snakemake.input.model)
     examples = windows(load_stream(snakemake.input.examples), p.block_size, p.stride)
-    n = datastore.build(lm, examples, snakemake.output.key_file, snakemake.output.value_file,
-                        key=p.key, batch_tokens=p.batch_tokens, log=log)
+    out = snakemake.output
+    n = datastore.build(lm, examples, out.key_file, out.value_file, out.position_file, key=p.key,
+                        batch_tokens=p.batch_tokens, log=log)
     print(f"{n} entries", file=log)

@@ -14,7 +14,9 @@ with logged(snakemake) as log:
     values = np.load(inp.value_file, mmap_mode="r")
     for split in ("valid", "test"):
         examples = windows(load_stream(inp[split]), p.block_size, p.stride)
-        found = knnlm.evaluate(lm, searcher, values, examples, k=p.k, key=p.key, batch_tokens=p.batch_tokens, log=log)
+        ids_path = snakemake.output.test_ids if split == "test" else None  # the neighbours page's
+        found = knnlm.evaluate(lm, searcher, values, examples, k=p.k, key=p.key, batch_tokens=p.batch_tokens,
+                               log=log, ids_path=ids_path)
         found.save(snakemake.output[split])
         print(f"{split}: {len(found)} positions searched ({searcher.kind})", file=log)
         del found  # before the next split's arrays are allocated, not after

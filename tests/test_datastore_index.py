@@ -47,9 +47,23 @@ def test_datastore_holds_every_position(tiny, tmp_path):
 def test_sliding_window_datastore_stores_each_position_once(tmp_path):
     lm = model.build_model(50, 1, 16, 2, 16, seed=0).eval()
     stream = np.random.default_rng(3).integers(0, 50, 101)
-    n = datastore.build(lm, windows(stream, 16, 4), tmp_path / "k.npy", tmp_path / "v.npy")
+    n = datastore.build(lm, windows(stream, 16, 4), tmp_path / "k.npy", tmp_path / "v.npy", tmp_path / "p.npy",
+                        batch_tokens=40)
     assert n == 100  # every token after the first, once
     assert np.load(tmp_path / "v.npy").tolist() == stream[1:].tolist()
+    # each entry's position: where its value sits in the stream (here every position once, in order)
+    positions = np.load(tmp_path / "p.npy")
+    assert positions.dtype == np.int64 and positions.tolist() == list(range(1, 101))
+
+
+def test_positions_say_where_each_entry_came_from(tiny, tmp_path):
+    lm, ex = tiny
+    datastore.build(lm, ex, tmp_path / "k.npy", tmp_path / "v.npy", tmp_path / "p.npy", batch_tokens=10)
+    values, positions = np.load(tmp_path / "v.npy"), np.load(tmp_path / "p.npy")
+    assert (ex.tokens[positions] == values).all()
+    # by hand: example i's entries are its tokens 1.. at starts[i] + 1..
+    expected = np.concatenate([ex.starts[i] + np.arange(1, ex.sizes[i]) for i in range(len(ex))])
+    np.testing.assert_array_equal(positions, expected)
 
 
 def _brute_force(keys, queries, k):

@@ -48,7 +48,8 @@ def test_bad_config_fails_before_any_job(tmp_path):
 RESULT_CSVS = ["figure1/tiny/figure1.csv", "figure1/tiny/children.csv", "figure2/children.csv", "figure3/children.csv",
                "table1/corpus_lm/tiny/step-20/table1.csv", "table1/corpus_lm/tiny/step-20/grid.csv",
                "table1/corpus_lm/tiny/step-20/projection_traces.csv", "findings.csv", "findings_by_scale.csv",
-               "table1/corpus_lm/tiny/step-20/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/gain_tokens.csv"]
+               "table1/corpus_lm/tiny/step-20/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/gain_tokens.csv",
+               "table1/corpus_lm/tiny/step-20/neighbours.csv"]
 FIGURES = ["figure1/tiny/figure1.png", "figure2/figure2.pdf", "figure3/figure3.png", "findings_by_scale.png",
            "table1/corpus_lm/tiny/step-20/projection_traces.png", "table1/corpus_lm/tiny/step-20/grid.png",
            "table1/corpus_lm/tiny/step-20/gain_by_frequency.png"]
@@ -70,6 +71,28 @@ def test_gain_by_frequency_agrees_with_the_search_results(tiny_runs):
     rare = tokens.gain[(tokens.train_count >= 1) & (tokens.train_count < 100)].mean()
     frequent = tokens.gain[tokens.train_count >= 1000].mean()
     assert row.measured == pytest.approx(rare - frequent, rel=1e-9)
+
+
+def test_neighbours_page_agrees_with_the_datastore_and_the_gains(tiny_runs):
+    """Every listed neighbour is a datastore entry whose value is its next token and whose
+    stored position holds that token in the training split; each position's gain is the
+    one knn_gains wrote for it."""
+    from knnlm_limits import tokenizer
+    from knnlm_limits.tokens import load_stream
+
+    results = tiny_runs[0]
+    point = results / "table1/corpus_lm/tiny/step-20"
+    table = pd.read_csv(point / "neighbours.csv", keep_default_na=False)
+    assert (point / "neighbours.html").read_text().count("<h3>") == table["rank"].nunique() > 0
+    train = load_stream(results / "data/tokens/corpus_train.npz")
+    tok = tokenizer.load(results / "data/tokenizer")
+    listed = table[table.neighbour > 0]
+    assert len(listed) > 0
+    for row in listed.itertuples():
+        assert row.next_token == tok.decode([int(train[row.train_position])])
+    gains = pd.read_csv(point / "gain_tokens.csv").set_index("position").gain
+    per_position = table.groupby("position").gain.first()
+    np.testing.assert_allclose(per_position, gains.loc[per_position.index], rtol=1e-6, atol=1e-9)
 
 
 def test_tiny_dag_produces_every_result(tiny_runs):
@@ -132,7 +155,7 @@ def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_pat
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1,
+    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1, "knn_neighbours": 1,
                     "knnlm_grid": 1, "projection": 1, "table1": 1, "findings": 1, "all": 1}
 
 

@@ -227,7 +227,7 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
             return Estimate(None, None, uses_gpu=uses_gpu, notes=["datastore size unknown"])
         mem = fixed + size["params"] * 4 / MB + train * m["datastore_bytes_per_token"] / MB
         seconds = _forward(size, train * _window_factor(config), uses_gpu, threads)
-        disk = train * (2 * size["d"] + 4) / MB
+        disk = train * (2 * size["d"] + 4 + 8) / MB  # float16 keys, int32 values, int64 positions
         return Estimate(mem, seconds / 60, _gpu_resident(size, config["knn"]["batch_tokens"], uses_gpu), disk, uses_gpu)
     if rule == "index":
         return _index(config, corpus_model_size(), train, threads)
@@ -240,6 +240,13 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
         mem = light + test * (_positions_bytes(config) * m["interpolation_overhead"] + 200) / MB + train * 4 / MB
         return Estimate(mem, 1 + (test * config["knn"]["k"] * m["interpolation_seconds_per_cell"] + train * 2e-9) / 60,
                         disk_mb=test * 120 / MB)
+    if rule == "knn_neighbours":
+        if test is None or train is None:
+            return Estimate(None, None, notes=["split size unknown"])
+        # the search results, both token streams; the ids and positions are memory maps read
+        # only at the sampled rows
+        mem = light + test * _positions_bytes(config) / MB + (train + test) * 4 / MB
+        return Estimate(mem, m["small_job_minutes"], disk_mb=1.0)
     if rule in ("knnlm_grid", "table1"):
         n = valid if rule == "knnlm_grid" else test
         if n is None:
@@ -342,7 +349,7 @@ def _search(config: dict, size: dict | None, n_keys, valid, test, threads: int, 
         mem += n_keys * (code + 8) / MB  # the index is read whole
         if knn["rerank"]:
             seconds += queries * k * a["random_read_seconds"] / max(1, threads)
-    disk = queries * 8 * k / MB
+    disk = queries * 8 * k / MB + test * 8 * k / MB  # distances and values; the test split's ids
     return Estimate(mem, seconds / 60, _gpu_resident(size, knn["batch_tokens"], uses_gpu), disk, uses_gpu)
 
 

@@ -223,3 +223,39 @@ def table1_markdown(row: dict) -> str:
         f"datastore = {row['datastore_size']} entries, setting = {row['setting']}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def neighbours_html(table: pd.DataFrame, title: str = "") -> str:
+    """The neighbours table as one HTML page: per test position its context, target and
+    probabilities, then its neighbours (matches of the target in bold)."""
+    from html import escape
+
+    def text(s) -> str:  # tokens as they are: spaces and newlines visible
+        return escape(str(s)).replace("\n", "↵")
+
+    parts = [f"<html><head><meta charset='utf-8'><title>Retrieved neighbours {escape(title)}</title>"
+             "<style>body{font-family:sans-serif} td,th{padding:2px 8px;text-align:left}"
+             " code{white-space:pre;background:#f4f4f4} .hit{font-weight:bold;color:#05620f}</style></head><body>",
+             f"<h1>Retrieved neighbours {escape(title)}</h1>",
+             "<p>Sampled test positions, largest |gain| first; gain = log p<sub>kNN-LM</sub> − log p<sub>LM</sub> "
+             "of the target. Each neighbour: the training context it came from, its next token (bold: the "
+             "target), distance and weight in p<sub>kNN</sub>.</p>"]
+    for _, rows in table.groupby("rank", sort=True):
+        first = rows.iloc[0]
+        parts.append(
+            f"<h3>#{first['rank']} position {first['position']}: gain {first['gain']:+.3f}</h3>"
+            f"<p><code>{text(first['context'])}</code> → <b><code>{text(first['target'])}</code></b>"
+            f"<br>p<sub>LM</sub> {first['p_lm']:.4f}, p<sub>kNN</sub> {first['p_knn']:.4f}, "
+            f"p<sub>kNN-LM</sub> {first['p_knnlm']:.4f}</p>")
+        listed = rows[rows.neighbour > 0]
+        if listed.empty:
+            parts.append("<p>no neighbour found</p>")
+            continue
+        cells = "".join(
+            f"<tr{' class=hit' if r.matches_target else ''}><td>{r.neighbour}</td><td>{r.train_position}</td>"
+            f"<td><code>{text(r.neighbour_context)}</code></td><td><code>{text(r.next_token)}</code></td>"
+            f"<td>{r.distance:.4g}</td><td>{r.weight:.4f}</td></tr>"
+            for r in listed.itertuples())
+        parts.append("<table><tr><th>#</th><th>training position</th><th>context</th><th>next token</th>"
+                     f"<th>distance</th><th>weight</th></tr>{cells}</table>")
+    return "\n".join(parts) + "\n</body></html>\n"

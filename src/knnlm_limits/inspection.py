@@ -80,3 +80,83 @@ def rare_minus_frequent(tokens: pd.DataFrame, n_resamples: int = 2000, seed: int
     columns = np.column_stack([gain * rare, rare, gain * frequent, frequent])
     with np.errstate(invalid="ignore", divide="ignore"):
         return bootstrap_ci(columns, lambda m: m[..., 0] / m[..., 1] - m[..., 2] / m[..., 3], n_resamples, seed)
+
+
+# ---------------------------------------------------------------- retrieved neighbours
+
+
+def target_positions(examples, example_of_rows: np.ndarray) -> np.ndarray:
+    """Where each search-result row's target sits in the examples' token array.
+
+    Rows come example by example, each example's scored positions in order (as
+    knnlm.lm_and_queries writes them), so row r of example e is its
+    ``score_start[e] + (r - first row of e)``-th token.
+    """
+    example = np.asarray(example_of_rows, dtype=np.int64)
+    first = np.searchsorted(example, np.arange(len(examples)))
+    return examples.starts[example] + examples.score_start[example] + (np.arange(len(example)) - first[example])
+
+
+def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """`n` search-result rows drawn uniformly without replacement (seeded), in order."""
+    if n >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
+def neighbour_weights(dists: np.ndarray, nvalues: np.ndarray, temperature: float) -> np.ndarray:
+    """Each neighbour's share of p_knn, softmax(-d / T) over a row's found neighbours."""
+    logits = knnlm.neighbour_logits(dists, nvalues, temperature)
+    top = np.max(logits, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+        return np.nan_to_num(weights / weights.sum(axis=1, keepdims=True))
+
+
+def neighbours(found: knnlm.SearchResults, ids, positions, train_tokens, test, decode, lam: float,
+               temperature: float, settings: dict) -> pd.DataFrame:
+    """The retrieved neighbours of a seeded sample of test positions, one row each.
+
+    `ids` are the search's (N, k) datastore rows (a memory map: only the sample's rows
+    are read), `positions` the datastore's training positions, `test` the evaluated
+    Examples the search results are rows of, `decode` token ids -> text. For each
+    sampled position: its context (the `context_tokens` tokens before it, decoded),
+    target, p_lm, p_knn, p_knnlm and the gain; for each of its `neighbours` nearest
+    entries: the training context it came from, its next token, distance, weight in
+    p_knn and whether it is the target. Positions with the largest |gain| come first.
+    """
+    chosen = sample_rows(len(found), settings["tokens"], settings["seed"])
+    dists, nvalues, targets = found.dists[chosen], found.nbr_values[chosen], found.targets[chosen]
+    log_lm = found.lm_logprob[chosen].astype(np.float64)
+    log_knn = knnlm.knn_target_logprob(dists, nvalues, targets, temperature)
+    log_mix = knnlm.interpolate(log_lm, log_knn, lam)
+    weights = neighbour_weights(dists, nvalues, temperature)
+    at = target_positions(test, found.example)[chosen]
+    width = settings["context_tokens"]
+
+    def context(tokens, end):
+        return decode(tokens[max(0, end - width) : end])
+
+    rows = []
+    for rank, i in enumerate(np.argsort(-np.abs(log_mix - log_lm), kind="stable"), start=1):
+        about = {"rank": rank, "position": int(chosen[i]), "context": context(test.tokens, at[i]),
+                 "target": decode([targets[i]]), "p_lm": np.exp(log_lm[i]), "p_knn": np.exp(log_knn[i]),
+                 "p_knnlm": np.exp(log_mix[i]), "gain": log_mix[i] - log_lm[i]}
+        row_ids = np.asarray(ids[chosen[i]])
+        listed = [j for j in range(len(row_ids)) if row_ids[j] >= 0][: settings["neighbours"]]
+        for n, j in enumerate(listed, start=1):
+            where = int(positions[row_ids[j]])
+            if train_tokens[where] != nvalues[i, j]:
+                raise ValueError(f"datastore entry {row_ids[j]}: its position {where} holds token "
+                                 f"{train_tokens[where]}, its value is {nvalues[i, j]} (positions out of date?)")
+            rows.append({**about, "neighbour": n, "train_position": where,
+                         "neighbour_context": context(train_tokens, where), "next_token": decode([nvalues[i, j]]),
+                         "distance": float(dists[i, j]), "weight": weights[i, j],
+                         "matches_target": bool(nvalues[i, j] == targets[i])})
+        if not listed:  # IVF can find no neighbour at all
+            rows.append({**about, "neighbour": 0})
+    return pd.DataFrame(rows, columns=NEIGHBOUR_COLUMNS)
+
+
+NEIGHBOUR_COLUMNS = ["rank", "position", "context", "target", "p_lm", "p_knn", "p_knnlm", "gain", "neighbour",
+                     "train_position", "neighbour_context", "next_token", "distance", "weight", "matches_target"]

@@ -115,6 +115,32 @@ def write_csv(path, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+class NpyWriter:
+    """A C-ordered .npy file of known dtype and shape, written row batch by row batch with
+    plain writes (pages of a written memory map stay in the job's RSS)."""
+
+    def __init__(self, path, dtype, shape):
+        self.dtype, self.shape, self.rows = np.dtype(dtype), tuple(shape), 0
+        self.fh = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.fh, header)  # the header open_memmap writes
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.fh.name}: rows of shape {rows.shape[1:]}, the file's are {self.shape[1:]}")
+        self.fh.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+        if exc[0] is None and self.rows != self.shape[0]:
+            raise ValueError(f"{self.fh.name}: {self.rows} rows written, its header says {self.shape[0]}")
+
+
 def save_npz(path, **arrays) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -16,6 +16,7 @@ a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -124,20 +125,29 @@ def neighbour_values(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model, searcher, values, examples: Examples, k: int, key: str = "mlp_input",
-             batch_tokens: int = 8192, log=None) -> SearchResults:
+             batch_tokens: int = 8192, log=None, ids_path=None) -> SearchResults:
     """Everything the interpolation needs: LM log-probs and each position's neighbours.
 
     The search fills (N, k') float32 distances and int32 neighbour values batch by
-    batch; a batch's int64 ids are turned into values and dropped.
+    batch; a batch's int64 ids are turned into values and dropped, or, with
+    ``ids_path``, also written to that (N, k') int64 .npy (for the inspection of
+    neighbours: the interpolation never reads it).
     """
     found, queries = lm_and_queries(model, examples, key, batch_tokens, log)
     width = searcher.width(k) if len(queries) else k  # no position: (0, k), as a search of nothing gives
     dists = np.empty((len(queries), width), np.float32)
     nbr_values = np.empty((len(queries), width), np.int32)
-    for rows, batch_dists, ids in searcher.batches(queries, k, log=log):
-        dists[rows] = batch_dists
-        nbr_values[rows] = neighbour_values(values, ids)
-        del batch_dists, ids  # not alive while the next batch is searched
+    with contextlib.ExitStack() as files:
+        ids_file = None
+        if ids_path is not None:
+            tmp = files.enter_context(io.atomic_path(ids_path))
+            ids_file = files.enter_context(io.NpyWriter(tmp, np.int64, (len(queries), width)))
+        for rows, batch_dists, ids in searcher.batches(queries, k, log=log):
+            dists[rows] = batch_dists
+            nbr_values[rows] = neighbour_values(values, ids)
+            if ids_file is not None:
+                ids_file.write(ids)
+            del batch_dists, ids  # not alive while the next batch is searched
     return found.with_neighbours(dists, nbr_values)
 
 
