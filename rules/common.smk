@@ -117,6 +117,11 @@ def knn_ids_file(model, step):
     return f"{R}/knn/{model}/step-{step}/test_ids.npy"
 
 
+def knn_exact_sample(model, step):
+    """Exact neighbours of sampled test queries where the index is approximate (else empty)."""
+    return f"{R}/knn/{model}/step-{step}/test_exact_sample.npz"
+
+
 def table1_dir(model, step):
     return f"{R}/table1/{model}/step-{step}"
 

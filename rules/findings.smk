@@ -7,6 +7,9 @@ rule findings:
     input:
         table1=[f"{table1_dir(m, s)}/findings.csv" for m, s in corpus_points()],
         gains=[f"{table1_dir(m, s)}/gain_findings.csv" for m, s in corpus_points()],
+        fidelity=[
+            f"{table1_dir(m, s)}/fidelity_findings.csv" for m, s in corpus_points()
+        ],
         figure1=[
             f"{R}/figure1/{s['name']}/children.csv"
             for s in config["memorization"]["shapes"]

@@ -66,3 +66,34 @@ rule knn_neighbours:
         title=lambda w: f"{w.model} step {w.step}",
     script:
         "../scripts/knn_neighbours.py"
+
+
+# Where the corpus datastore is searched through an approximate index: its neighbours
+# against the exact ones on knn.fidelity_queries sampled test queries (recall@k, the
+# kNN-LM perplexity both ways and its finding). Empty tables where the search is exact.
+rule search_fidelity:
+    input:
+        found=knn_file("{model}", "{step}", "test"),
+        ids=knn_ids_file("{model}", "{step}"),
+        exact=knn_exact_sample("{model}", "{step}"),
+        values=datastore("{model}", "{step}")["value_file"],
+        model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
+    output:
+        csv=f"{R}/table1/{{model}}/step-{{step}}/fidelity.csv",
+        findings=f"{R}/table1/{{model}}/step-{{step}}/fidelity_findings.csv",
+    log:
+        f"{LOGS}/table1/{{model}}/step-{{step}}/fidelity.log",
+    benchmark:
+        f"{BENCH}/table1/{{model}}/step-{{step}}/fidelity.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small", "search_fidelity"),
+    params:
+        lam=config["knn"]["lambda"],
+        temperature=config["knn"]["temperature"],
+        scale=lambda w: point_scale(w.model, w.step),
+        bootstrap=canon(config["findings"]),
+    script:
+        "../scripts/search_fidelity.py"

@@ -14,6 +14,7 @@ rule knn_search:
         valid=knn_file("{model}", "{step}", "valid"),
         test=knn_file("{model}", "{step}", "test"),
         test_ids=knn_ids_file("{model}", "{step}"),
+        exact_sample=knn_exact_sample("{model}", "{step}"),
     log:
         f"{LOGS}/knn/{{model}}/step-{{step}}.log",
     benchmark:
@@ -33,5 +34,6 @@ rule knn_search:
         nprobe=config["knn"]["nprobe"],
         rerank=config["knn"]["rerank"],
         batch_tokens=config["knn"]["batch_tokens"],
+        fidelity_queries=config["knn"]["fidelity_queries"],
     script:
         "../scripts/knn_search.py"

@@ -105,3 +105,47 @@ def test_neighbours_catch_positions_that_do_not_match_the_values(small_tokenizer
     settings = {"tokens": 3, "neighbours": 4, "context_tokens": 5, "seed": 0}
     with pytest.raises(ValueError, match="position"):
         inspection.neighbours(found, ids, np.asarray(positions) + 1, train, test, str, 0.25, 1.0, settings)
+
+
+# ---------------------------------------------------------------- fidelity of approximate search
+
+
+def test_fidelity_compares_the_index_with_brute_force(tmp_path):
+    from knnlm_limits import findings, index
+    from knnlm_limits.tokens import windows
+
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(3000, 16)).astype(np.float16)
+    np.save(tmp_path / "k.npy", keys)
+    values = rng.integers(0, 20, 3000).astype(np.int32)
+    settings = {"exact_max_keys": 100, "exact_index": "exact", "approximate_index": "IVF16,Flat",
+                "index_train_sample": 3000, "nprobe": 2, "rerank": False}
+    index.write(tmp_path / "ivf", tmp_path / "k.npy", settings)
+    searcher = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", settings)
+    queries = rng.normal(size=(300, 16)).astype(np.float32)
+    k = 10
+    dists, ids = searcher.search(queries, k)
+    targets = rng.integers(0, 20, 300)
+    found = knnlm.SearchResults(targets, np.log(rng.uniform(0.01, 0.3, 300)).astype(np.float32),
+                                np.zeros(300, np.int64), dists, knnlm.neighbour_values(values, ids))
+    exact = inspection.exact_sample(searcher, queries, k, 50)
+    assert len(exact["rows"]) == 50 == len(np.unique(exact["rows"]))
+    table = inspection.fidelity(found, ids, exact, values, 0.25, 1.0)
+    # by brute force: the true k nearest of each sampled query, and the share the index found
+    rows = exact["rows"]
+    true = np.argsort(((keys.astype(np.float32)[None] - queries[rows][:, None]) ** 2).sum(-1), axis=1)[:, :k]
+    recall = [len(set(true[i]) & set(ids[r][ids[r] >= 0])) / k for i, r in enumerate(rows)]
+    np.testing.assert_allclose(table.recall_at_k, recall)
+    assert 0 < table.recall_at_k.mean() < 1  # two of 16 lists probed: some neighbours missed
+    exactly = knnlm.SearchResults(targets[rows], found.lm_logprob[rows], found.example[rows], exact["dists"],
+                                  values[true])
+    np.testing.assert_allclose(table.knnlm_logprob_exact, knnlm.knnlm_logprob(exactly, 0.25, 1.0), rtol=1e-5)
+    point, low, high = inspection.approximate_minus_exact(table, 500, 0)
+    expected = np.exp(-table.knnlm_logprob_approximate.mean()) - np.exp(-table.knnlm_logprob_exact.mean())
+    assert point == pytest.approx(expected, rel=1e-9) and low <= point <= high
+    row = findings.search_fidelity((point, low, high), table, {"model": "m"})[0]
+    assert row["holds"] == (high < 0) and "recall@k" in row["note"]
+    # an exact search has nothing to compare: no sample, no finding
+    flat = index.Searcher(tmp_path / "k.npy", "exact")
+    assert len(inspection.exact_sample(flat, queries, k, 50)["rows"]) == 0
+    assert findings.search_fidelity((np.nan,) * 3, table.iloc[:0], {}) == []

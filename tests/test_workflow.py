@@ -188,6 +188,13 @@ def test_rehearsal_runs_every_paper_scale_path(rehearsal):
     chat = json.loads((rehearsal / "models/chat/step-10/config.json").read_text())
     assert chat["model_type"] == "qwen2" and chat["dtype"] == "float32"  # fine-tuned in float32 from bf16
     assert "resuming" not in (rehearsal / "logs/train/corpus_lm/gpt2-2x64.log").read_text()
+    # every point's search is approximate: its sampled queries were searched exactly too
+    found = pd.read_csv(rehearsal / "findings.csv")
+    fidelity = found[found.finding == "approximate_search_lowers_perplexity"]
+    assert len(fidelity) == len(points) and fidelity.note.str.startswith("recall@k").all()
+    for point in points:
+        table = pd.read_csv(rehearsal / "table1" / point / "fidelity.csv")
+        assert len(table) > 0 and table.recall_at_k.between(0, 1).all()
 
 
 def test_figure1_finding_recomputed_from_the_stage_inputs(rehearsal):

@@ -240,6 +240,10 @@ def estimate(rule: str, config: dict, wildcards: dict, threads: int = 1, uses_gp
         mem = light + test * (_positions_bytes(config) * m["interpolation_overhead"] + 200) / MB + train * 4 / MB
         return Estimate(mem, 1 + (test * config["knn"]["k"] * m["interpolation_seconds_per_cell"] + train * 2e-9) / 60,
                         disk_mb=test * 120 / MB)
+    if rule == "search_fidelity":
+        if test is None:
+            return Estimate(None, None, notes=["split size unknown"])
+        return Estimate(light + test * _positions_bytes(config) / MB, m["small_job_minutes"], disk_mb=1.0)
     if rule == "knn_neighbours":
         if test is None or train is None:
             return Estimate(None, None, notes=["split size unknown"])
@@ -349,6 +353,8 @@ def _search(config: dict, size: dict | None, n_keys, valid, test, threads: int, 
         mem += n_keys * (code + 8) / MB  # the index is read whole
         if knn["rerank"]:
             seconds += queries * k * a["random_read_seconds"] / max(1, threads)
+        # the sampled test queries searched exactly too (search_fidelity)
+        seconds += _seconds(2 * min(knn["fidelity_queries"], test) * n_keys * d, False, threads)
     disk = queries * 8 * k / MB + test * 8 * k / MB  # distances and values; the test split's ids
     return Estimate(mem, seconds / 60, _gpu_resident(size, knn["batch_tokens"], uses_gpu), disk, uses_gpu)
 

@@ -13,6 +13,9 @@ is read per n), with the columns of ``COLUMNS``. The rules:
 - Where retrieval helps, over test tokens (bootstrap):
   knn_gain_concentrated_in_rare_tokens  mean gain log p_knnlm - log p_lm on targets seen 1-99 times in the
                                  training split minus that on targets seen >= 1,000 times; holds if the CI is above 0
+  approximate_search_lowers_perplexity  (only where a corpus datastore is searched through an approximate index)
+                                 kNN-LM perplexity with its neighbours minus with the exact ones, on knn.fidelity_queries
+                                 sampled test queries (paired bootstrap); holds if the CI is below 0 (Xu et al. 2023)
 - Figure 1 claims, over seeds (t interval):
   no_last_mlp_learns_faster_early  no-last-MLP minus full LM child log-likelihood, averaged over the early
                                    checkpoints (0 < step <= early_fraction x last step); holds if the CI is above 0
@@ -94,6 +97,16 @@ def knn_gains(estimate, n_tokens: int, scale: dict) -> list[dict]:
     return [_row("knn_gain_concentrated_in_rare_tokens", "rare patterns gain most (Khandelwal et al. 2020)", estimate,
                  "mean log-prob gain on targets seen 1-99 times in training minus on targets seen >= 1,000 times; "
                  "holds if its 95% CI is above 0", _above(0), f"{n_tokens} test tokens", scale)]
+
+
+def search_fidelity(estimate, table: pd.DataFrame, scale: dict) -> list[dict]:
+    """Approximate against exact neighbours at one scale point; no row where the search was exact."""
+    if not len(table):
+        return []
+    return [_row("approximate_search_lowers_perplexity", "lower with approximate neighbours (Xu et al. 2023)",
+                 estimate, "kNN-LM perplexity with the approximate index's neighbours minus with the exact ones on "
+                 "sampled test queries; holds if its 95% CI is below 0", _below(0), f"{len(table)} test queries",
+                 scale, note=f"recall@k {table.recall_at_k.mean():.3f}")]
 
 
 def _per_seed(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:

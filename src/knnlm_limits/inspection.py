@@ -160,3 +160,53 @@ def neighbours(found: knnlm.SearchResults, ids, positions, train_tokens, test, d
 
 NEIGHBOUR_COLUMNS = ["rank", "position", "context", "target", "p_lm", "p_knn", "p_knnlm", "gain", "neighbour",
                      "train_position", "neighbour_context", "next_token", "distance", "weight", "matches_target"]
+
+
+# ---------------------------------------------------------------- fidelity of approximate search
+
+FIDELITY_SEED = 0  # the sample of queries also searched exactly
+
+
+def exact_sample(searcher, queries: np.ndarray, k: int, n: int) -> dict:
+    """The exact neighbours of a seeded sample of `n` queries when `searcher` is approximate
+    (rows, dists, ids); empty when its search is exact already (nothing to compare)."""
+    from .index import EXACT_KINDS, exact_search
+
+    if searcher.kind in EXACT_KINDS or n == 0 or len(queries) == 0:
+        width = searcher.width(k) if len(queries) else k
+        return {"rows": np.zeros(0, np.int64), "dists": np.zeros((0, width), np.float32),
+                "ids": np.zeros((0, width), np.int64)}
+    rows = sample_rows(len(queries), n, FIDELITY_SEED)
+    dists, ids = exact_search(searcher.key_file, np.ascontiguousarray(queries[rows], dtype=np.float32), k)
+    return {"rows": rows, "dists": dists, "ids": ids}
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
+    """Per query, the share of its exact k nearest entries that the approximate search found."""
+    out = np.empty(len(exact_ids))
+    for i, (a, e) in enumerate(zip(approx_ids, exact_ids)):
+        e = e[e >= 0]
+        out[i] = np.isin(e, a[a >= 0]).mean() if len(e) else 1.0
+    return out
+
+
+def fidelity(found: knnlm.SearchResults, approx_ids, exact: dict, values, lam: float,
+             temperature: float) -> pd.DataFrame:
+    """Per sampled query: recall@k and log p_knnlm(target) with the approximate and the
+    exact neighbours (the LM's log p beside them)."""
+    rows = exact["rows"]
+    approx = knnlm.SearchResults(found.targets[rows], found.lm_logprob[rows], found.example[rows],
+                                 found.dists[rows], found.nbr_values[rows])
+    exact_values = knnlm.neighbour_values(values, exact["ids"])
+    exactly = knnlm.SearchResults(approx.targets, approx.lm_logprob, approx.example, exact["dists"], exact_values)
+    return pd.DataFrame({"position": rows, "recall_at_k": recall_at_k(np.asarray(approx_ids[rows]), exact["ids"]),
+                         "lm_logprob": approx.lm_logprob.astype(np.float64),
+                         "knnlm_logprob_exact": knnlm.knnlm_logprob(exactly, lam, temperature),
+                         "knnlm_logprob_approximate": knnlm.knnlm_logprob(approx, lam, temperature)})
+
+
+def approximate_minus_exact(table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0):
+    """(kNN-LM perplexity with approximate neighbours minus with exact ones, 95% CI): one
+    paired bootstrap over the sampled tokens."""
+    columns = table[["knnlm_logprob_approximate", "knnlm_logprob_exact"]].to_numpy()
+    return bootstrap_ci(columns, lambda m: np.exp(-m[..., 0]) - np.exp(-m[..., 1]), n_resamples, seed)

@@ -134,6 +134,12 @@ def evaluate(model, searcher, values, examples: Examples, k: int, key: str = "ml
     neighbours: the interpolation never reads it).
     """
     found, queries = lm_and_queries(model, examples, key, batch_tokens, log)
+    return search_neighbours(searcher, values, found, queries, k, log, ids_path)
+
+
+def search_neighbours(searcher, values, found: SearchResults, queries: np.ndarray, k: int, log=None,
+                      ids_path=None) -> SearchResults:
+    """`found` with the neighbours of its queries (see evaluate)."""
     width = searcher.width(k) if len(queries) else k  # no position: (0, k), as a search of nothing gives
     dists = np.empty((len(queries), width), np.float32)
     nbr_values = np.empty((len(queries), width), np.int32)
