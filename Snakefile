@@ -47,4 +47,4 @@ rule all:
 
 rule all_table1:
     input:
-        [f"{table1_dir(m, s)}/table1.md" for m, s in corpus_points()],
+        [f"{table1_dir(*point)}/table1.md" for point in knn_points()],

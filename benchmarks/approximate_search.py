@@ -32,12 +32,12 @@ FACTORIES = ["SQfp16", "IVF256,PQ32", "IVF1024,PQ32", "IVF1024,PQ16"]
 NPROBES = [1, 8, 32]
 
 
-def first_point(results: Path):
-    """(model folder, datastore folder) of the run's first corpus LM."""
+def first_point(results: Path, key: str):
+    """(model folder, datastore folder) of the run's first corpus LM (its key's, `key`)."""
     for model_dir in sorted((results / "models" / "corpus_lm").glob("*/step-*")):
         rel = model_dir.relative_to(results / "models")
-        if (results / "datastores" / rel / "keys.npy").is_file():
-            return model_dir, results / "datastores" / rel
+        if (results / "datastores" / rel / key / "keys.npy").is_file():
+            return model_dir, results / "datastores" / rel / key
     raise SystemExit(f"no corpus LM datastore under {results}: run the workflow first")
 
 
@@ -58,10 +58,11 @@ def main():
     k, lam, temperature = cfg["knn"]["k"], cfg["knn"]["lambda"], cfg["knn"]["temperature"]
     block, stride = cfg["corpus"]["block_size"], cfg["corpus"].get("stride")
 
-    model_dir, store = first_point(args.results)
+    key = cfg["knn"]["keys"][0]
+    model_dir, store = first_point(args.results, key)
     lm = model.load_lm(str(model_dir))
     test = windows(load_stream(args.results / "data/tokens/corpus_test.npz"), block, stride)
-    found, queries = knnlm.lm_and_queries(lm, test, cfg["knn"]["key"])
+    found, queries = knnlm.lm_and_queries(lm, test, key)
     n = min(args.queries, len(found))
     queries = queries[:n]
     keys_file, values = store / "keys.npy", np.load(store / "values.npy", mmap_mode="r")

@@ -73,7 +73,7 @@ def run(train_tokens: int, eval_tokens: int, workdir: Path) -> dict:
             row = next(csv.DictReader(fh, delimiter="\t"))
         found[rule_of(rel)] = (float(row["max_rss"]), float(row["s"]))
     tokens = {s: len(np.load(results / "data/tokens" / f"corpus_{s}.npz")["tokens"]) for s in ("train", "valid", "test")}
-    knn = np.load(results / "knn/corpus_lm/4x128/step-10/test.npz")
+    knn = np.load(results / "knn/corpus_lm/4x128/step-10/mlp_input/test.npz")
     return {"jobs": found, "tokens": tokens, "positions": len(knn["targets"])}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from knnlm_limits import costs
 from knnlm_limits.config import pretrained_models
+from knnlm_limits.model import KEY_KINDS
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -42,6 +43,7 @@ wildcard_constraints:
     shape=NAME,
     name=NAME,
     step=r"\d+",
+    key="|".join(KEY_KINDS),
     split=r"train|valid|test",
     variant=r"full|no_last_mlp",
     seed=r"\d+",
@@ -94,36 +96,40 @@ def tokens(name):
     return f"{R}/data/tokens/{name}.npz"
 
 
-def datastore(model, step):
-    base = f"{R}/datastores/{model}/step-{step}"
+# A corpus kNN-LM is a scale point (model, step) with a datastore key (knn.keys): every
+# path from the datastore on holds all three.
+
+
+def datastore(model, step, key):
+    base = f"{R}/datastores/{model}/step-{step}/{key}"
     return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
 
 
-def datastore_positions(model, step):
+def datastore_positions(model, step, key):
     """Where each datastore entry came from in the training split (read by inspection only)."""
-    return f"{R}/datastores/{model}/step-{step}/positions.npy"
+    return f"{R}/datastores/{model}/step-{step}/{key}/positions.npy"
 
 
-def index_dir(model, step):
-    return f"{R}/indexes/{model}/step-{step}"
+def index_dir(model, step, key):
+    return f"{R}/indexes/{model}/step-{step}/{key}"
 
 
-def knn_file(model, step, evalset):
-    return f"{R}/knn/{model}/step-{step}/{evalset}.npz"
+def knn_file(model, step, key, evalset):
+    return f"{R}/knn/{model}/step-{step}/{key}/{evalset}.npz"
 
 
-def knn_ids_file(model, step):
+def knn_ids_file(model, step, key):
     """The test split's neighbour ids (datastore rows), for the inspection of neighbours."""
-    return f"{R}/knn/{model}/step-{step}/test_ids.npy"
+    return f"{R}/knn/{model}/step-{step}/{key}/test_ids.npy"
 
 
-def knn_exact_sample(model, step):
+def knn_exact_sample(model, step, key):
     """Exact neighbours of sampled test queries where the index is approximate (else empty)."""
-    return f"{R}/knn/{model}/step-{step}/test_exact_sample.npz"
+    return f"{R}/knn/{model}/step-{step}/{key}/test_exact_sample.npz"
 
 
-def table1_dir(model, step):
-    return f"{R}/table1/{model}/step-{step}"
+def table1_dir(model, step, key):
+    return f"{R}/table1/{model}/step-{step}/{key}"
 
 
 # ---------------------------------------------------------------- imported models
@@ -167,6 +173,11 @@ def corpus_points():
     return trained + [imported(name) for name in config["corpus_lm"]["pretrained"]]
 
 
+def knn_points():
+    """Every (model, step, key) whose datastore, search and Table 1 are computed."""
+    return [(m, s, key) for m, s in corpus_points() for key in config["knn"]["keys"]]
+
+
 def first_corpus_lm():
     """The corpus LM other experiments build on: the first shape's last checkpoint,
     else the first pretrained corpus LM."""
@@ -183,13 +194,18 @@ def base_model(name):
     return first_corpus_lm() if name == "corpus_lm" else imported(name)
 
 
-def point_scale(model, step):
-    """What findings report of a scale point besides its model's own config."""
+def point_scale(model, step, key):
+    """What findings report of a kNN-LM point besides its model's own config."""
     if model.startswith("corpus_lm/"):
         train = config["corpus_lm"]["train"]
         tokens_seen = int(step) * train["batch_size"] * config["corpus"]["block_size"]
-        return {"model": model, "step": int(step), "train_tokens": tokens_seen}
-    return {"model": model, "step": None, "train_tokens": None}
+        return {
+            "model": model,
+            "step": int(step),
+            "train_tokens": tokens_seen,
+            "key": key,
+        }
+    return {"model": model, "step": None, "train_tokens": None, "key": key}
 
 
 def chat_tokenizer():
@@ -269,7 +285,6 @@ def knn_settings():
     """Exactly the kNN settings a Macondo run's search reads (not lambda or T)."""
     keys = (
         "k",
-        "key",
         "batch_tokens",
         "exact_max_keys",
         "exact_index",
@@ -278,7 +293,8 @@ def knn_settings():
         "nprobe",
         "rerank",
     )
-    return {k: config["knn"][k] for k in keys}
+    # Figures 1 and 2 search with the first key listed
+    return {k: config["knn"][k] for k in keys} | {"key": config["knn"]["keys"][0]}
 
 
 def index_settings():
@@ -312,8 +328,13 @@ def res(kind, rule_name, gpu=True, facts=None):
     caps = config["resources"][kind]
     uses_gpu = bool(caps["gpus"]) and gpu
 
+    estimates = {}  # one cost-model estimate per job, however many resources read it
+
     def estimate(w):
-        return _job_estimate(rule_name, kind, uses_gpu, w, facts)
+        job = tuple(sorted(w.items()))
+        if job not in estimates:
+            estimates[job] = _job_estimate(rule_name, kind, uses_gpu, w, facts)
+        return estimates[job]
 
     def requested(w, attempt):
         return costs.request(estimate(w), caps, attempt)
@@ -345,8 +366,8 @@ def all_targets():
     figure1 = [
         f"{R}/figure1/{s['name']}/figure1.png" for s in config["memorization"]["shapes"]
     ]
-    table1 = [f"{table1_dir(m, s)}/table1.md" for m, s in corpus_points()]
-    neighbours = [f"{table1_dir(m, s)}/neighbours.html" for m, s in corpus_points()]
+    table1 = [f"{table1_dir(*point)}/table1.md" for point in knn_points()]
+    neighbours = [f"{table1_dir(*point)}/neighbours.html" for point in knn_points()]
     return [
         *table1,
         *neighbours,

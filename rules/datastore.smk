@@ -1,6 +1,6 @@
 # Datastore stage: kNN keys and next-token values of the corpus training split
 # under a corpus LM (sliding windows: each position once). Macondo's small
-# datastores are built inside their run's evaluation job (memorization.smk).
+# datastores are built inside their run's evaluation job (children.smk).
 
 
 rule datastore:
@@ -8,12 +8,12 @@ rule datastore:
         model=model_dir("{model}", "{step}"),
         examples=tokens("corpus_train"),
     output:
-        **datastore("{model}", "{step}"),
-        position_file=datastore_positions("{model}", "{step}"),
+        **datastore("{model}", "{step}", "{key}"),
+        position_file=datastore_positions("{model}", "{step}", "{key}"),
     log:
-        f"{LOGS}/datastore/{{model}}/step-{{step}}.log",
+        f"{LOGS}/datastore/{{model}}/step-{{step}}/{{key}}.log",
     benchmark:
-        f"{BENCH}/datastore/{{model}}/step-{{step}}.tsv"
+        f"{BENCH}/datastore/{{model}}/step-{{step}}/{{key}}.tsv"
     priority: 20
     conda:
         ENV
@@ -22,7 +22,7 @@ rule datastore:
         **res("embed", "datastore"),
     params:
         **windowing(),
-        key=config["knn"]["key"],
+        key=lambda w: w.key,
         batch_tokens=config["knn"]["batch_tokens"],
     script:
         "../scripts/datastore.py"

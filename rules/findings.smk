@@ -5,11 +5,12 @@
 
 rule findings:
     input:
-        table1=[f"{table1_dir(m, s)}/findings.csv" for m, s in corpus_points()],
-        gains=[f"{table1_dir(m, s)}/gain_findings.csv" for m, s in corpus_points()],
+        table1=[f"{table1_dir(*point)}/findings.csv" for point in knn_points()],
+        gains=[f"{table1_dir(*point)}/gain_findings.csv" for point in knn_points()],
         fidelity=[
-            f"{table1_dir(m, s)}/fidelity_findings.csv" for m, s in corpus_points()
+            f"{table1_dir(*point)}/fidelity_findings.csv" for point in knn_points()
         ],
+        table1_rows=[f"{table1_dir(*point)}/table1.csv" for point in knn_points()],
         figure1=[
             f"{R}/figure1/{s['name']}/children.csv"
             for s in config["memorization"]["shapes"]
@@ -18,6 +19,7 @@ rule findings:
         figure3=rules.figure3.output.rows,
         tokenizer=f"{R}/data/tokenizer",
     output:
+        **{f"keys_{k}": v for k, v in figure_outputs(R, "perplexity_by_key").items()},
         csv=report(
             f"{R}/findings.csv", caption="../report/findings.rst", category="Findings"
         ),

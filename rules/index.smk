@@ -4,13 +4,13 @@
 
 rule index:
     input:
-        key_file=datastore("{model}", "{step}")["key_file"],
+        key_file=datastore("{model}", "{step}", "{key}")["key_file"],
     output:
-        directory(index_dir("{model}", "{step}")),
+        directory(index_dir("{model}", "{step}", "{key}")),
     log:
-        f"{LOGS}/index/{{model}}/step-{{step}}.log",
+        f"{LOGS}/index/{{model}}/step-{{step}}/{{key}}.log",
     benchmark:
-        f"{BENCH}/index/{{model}}/step-{{step}}.tsv"
+        f"{BENCH}/index/{{model}}/step-{{step}}/{{key}}.tsv"
     priority: 20
     conda:
         ENV

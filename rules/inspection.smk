@@ -5,17 +5,19 @@
 
 rule knn_gains:
     input:
-        found=knn_file("{model}", "{step}", "test"),
+        found=knn_file("{model}", "{step}", "{key}", "test"),
         train=tokens("corpus_train"),
         model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
     output:
-        **figure_outputs(f"{R}/table1/{{model}}/step-{{step}}", "gain_by_frequency"),
-        tokens=f"{R}/table1/{{model}}/step-{{step}}/gain_tokens.csv",
-        findings=f"{R}/table1/{{model}}/step-{{step}}/gain_findings.csv",
+        **figure_outputs(
+            f"{R}/table1/{{model}}/step-{{step}}/{{key}}", "gain_by_frequency"
+        ),
+        tokens=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/gain_tokens.csv",
+        findings=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/gain_findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/gains.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/gains.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/gains.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/gains.tsv"
     conda:
         ENV
     threads: 1
@@ -24,7 +26,7 @@ rule knn_gains:
     params:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
-        scale=lambda w: point_scale(w.model, w.step),
+        scale=lambda w: point_scale(w.model, w.step, w.key),
         bootstrap=canon(config["findings"]),
     script:
         "../scripts/knn_gains.py"
@@ -32,27 +34,27 @@ rule knn_gains:
 
 rule knn_neighbours:
     input:
-        found=knn_file("{model}", "{step}", "test"),
-        ids=knn_ids_file("{model}", "{step}"),
-        positions=datastore_positions("{model}", "{step}"),
+        found=knn_file("{model}", "{step}", "{key}", "test"),
+        ids=knn_ids_file("{model}", "{step}", "{key}"),
+        positions=datastore_positions("{model}", "{step}", "{key}"),
         train=tokens("corpus_train"),
         test=tokens("corpus_test"),
         tokenizer=f"{R}/data/tokenizer",
     output:
         csv=report(
-            f"{R}/table1/{{model}}/step-{{step}}/neighbours.csv",
+            f"{R}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.csv",
             caption="../report/neighbours.rst",
             category="Where retrieval helps",
         ),
         html=report(
-            f"{R}/table1/{{model}}/step-{{step}}/neighbours.html",
+            f"{R}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.html",
             caption="../report/neighbours.rst",
             category="Where retrieval helps",
         ),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/neighbours.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/neighbours.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.tsv"
     conda:
         ENV
     threads: 1
@@ -63,7 +65,7 @@ rule knn_neighbours:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
         settings=canon(config["inspect"]),
-        title=lambda w: f"{w.model} step {w.step}",
+        title=lambda w: f"{w.model} step {w.step}, key {w.key}",
     script:
         "../scripts/knn_neighbours.py"
 
@@ -73,18 +75,18 @@ rule knn_neighbours:
 # kNN-LM perplexity both ways and its finding). Empty tables where the search is exact.
 rule search_fidelity:
     input:
-        found=knn_file("{model}", "{step}", "test"),
-        ids=knn_ids_file("{model}", "{step}"),
-        exact=knn_exact_sample("{model}", "{step}"),
-        values=datastore("{model}", "{step}")["value_file"],
+        found=knn_file("{model}", "{step}", "{key}", "test"),
+        ids=knn_ids_file("{model}", "{step}", "{key}"),
+        exact=knn_exact_sample("{model}", "{step}", "{key}"),
+        values=datastore("{model}", "{step}", "{key}")["value_file"],
         model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
     output:
-        csv=f"{R}/table1/{{model}}/step-{{step}}/fidelity.csv",
-        findings=f"{R}/table1/{{model}}/step-{{step}}/fidelity_findings.csv",
+        csv=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.csv",
+        findings=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/fidelity_findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/fidelity.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/fidelity.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.tsv"
     conda:
         ENV
     threads: 1
@@ -93,7 +95,7 @@ rule search_fidelity:
     params:
         lam=config["knn"]["lambda"],
         temperature=config["knn"]["temperature"],
-        scale=lambda w: point_scale(w.model, w.step),
+        scale=lambda w: point_scale(w.model, w.step, w.key),
         bootstrap=canon(config["findings"]),
     script:
         "../scripts/search_fidelity.py"

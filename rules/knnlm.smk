@@ -5,20 +5,20 @@
 
 rule knn_search:
     input:
-        **datastore("{model}", "{step}"),
+        **datastore("{model}", "{step}", "{key}"),
         model=model_dir("{model}", "{step}"),
-        index=index_dir("{model}", "{step}"),
+        index=index_dir("{model}", "{step}", "{key}"),
         valid=tokens("corpus_valid"),
         test=tokens("corpus_test"),
     output:
-        valid=knn_file("{model}", "{step}", "valid"),
-        test=knn_file("{model}", "{step}", "test"),
-        test_ids=knn_ids_file("{model}", "{step}"),
-        exact_sample=knn_exact_sample("{model}", "{step}"),
+        valid=knn_file("{model}", "{step}", "{key}", "valid"),
+        test=knn_file("{model}", "{step}", "{key}", "test"),
+        test_ids=knn_ids_file("{model}", "{step}", "{key}"),
+        exact_sample=knn_exact_sample("{model}", "{step}", "{key}"),
     log:
-        f"{LOGS}/knn/{{model}}/step-{{step}}.log",
+        f"{LOGS}/knn/{{model}}/step-{{step}}/{{key}}.log",
     benchmark:
-        f"{BENCH}/knn/{{model}}/step-{{step}}.tsv"
+        f"{BENCH}/knn/{{model}}/step-{{step}}/{{key}}.tsv"
     priority: 20
     conda:
         ENV
@@ -30,7 +30,7 @@ rule knn_search:
     params:
         **windowing(),
         k=config["knn"]["k"],
-        key=config["knn"]["key"],
+        key=lambda w: w.key,
         nprobe=config["knn"]["nprobe"],
         rerank=config["knn"]["rerank"],
         batch_tokens=config["knn"]["batch_tokens"],

@@ -2,21 +2,21 @@
 # perplexity, and the projection of p_knnlm onto f and f∘g (softmax bottleneck
 # vs MLP hurdle), with the claims read off it (findings with 95% intervals).
 
-T1 = f"{R}/table1/{{model}}/step-{{step}}"
+T1 = f"{R}/table1/{{model}}/step-{{step}}/{{key}}"
 # the validation grid feeds the projection only when it defines p_knnlm
 TUNED = config["table1"]["projection"]["interpolation"] == "tuned"
 
 
 rule knnlm_grid:
     input:
-        knn_file("{model}", "{step}", "valid"),
+        knn_file("{model}", "{step}", "{key}", "valid"),
     output:
         csv=report(f"{T1}/grid.csv", caption="../report/grid.rst", category="Table 1"),
         png=report(f"{T1}/grid.png", caption="../report/grid.rst", category="Table 1"),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/grid.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/grid.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/grid.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/grid.tsv"
     priority: 20
     conda:
         ENV
@@ -35,7 +35,7 @@ rule projection:
         **({"grid": f"{T1}/grid.csv"} if TUNED else {}),
         model=model_dir("{model}", "{step}"),
         examples=tokens("corpus_test"),
-        found=knn_file("{model}", "{step}", "test"),
+        found=knn_file("{model}", "{step}", "{key}", "test"),
     output:
         tokens=f"{T1}/projection_tokens.csv",
         traces=f"{T1}/projection_traces.csv",
@@ -46,9 +46,9 @@ rule projection:
             category="Table 1",
         ),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/projection.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/projection.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/projection.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/projection.tsv"
     priority: 20
     conda:
         ENV
@@ -67,11 +67,11 @@ rule projection:
 rule table1:
     input:
         model=model_dir("{model}", "{step}"),
-        found=knn_file("{model}", "{step}", "test"),
+        found=knn_file("{model}", "{step}", "{key}", "test"),
         grid=f"{T1}/grid.csv",
         projection=f"{T1}/projection_tokens.csv",
         summary=f"{T1}/projection_summary.csv",
-        key_file=datastore("{model}", "{step}")["key_file"],
+        key_file=datastore("{model}", "{step}", "{key}")["key_file"],
     output:
         csv=report(
             f"{T1}/table1.csv", caption="../report/table1.rst", category="Table 1"
@@ -79,9 +79,9 @@ rule table1:
         md=f"{T1}/table1.md",
         findings=f"{T1}/findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/table1.log",
+        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/table1.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/table1.tsv"
+        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/table1.tsv"
     priority: 20
     conda:
         ENV
@@ -93,7 +93,7 @@ rule table1:
         temperature=config["knn"]["temperature"],
         k=config["knn"]["k"],
         setting=config["table1"]["projection"]["interpolation"],
-        scale=lambda w: point_scale(w.model, w.step),
+        scale=lambda w: point_scale(w.model, w.step, w.key),
         bootstrap=canon(config["findings"]),
     script:
         "../scripts/table1.py"

@@ -20,4 +20,10 @@ with logged(snakemake) as log:
     by_scale = findings.by_scale(table)
     io.write_csv(snakemake.output.by_scale, by_scale)
     io.save_figure(figures.findings_by_scale(by_scale), snakemake.output.png)
+    out = snakemake.output
+    by_key = pd.concat([pd.read_csv(path) for path in inp.table1_rows], ignore_index=True)
+    by_key = by_key[["model", "step", "key", "test_tokens", "test_ppl_lm", "test_ppl_knnlm_fixed",
+                     "test_ppl_knnlm_tuned", "ppl_proj_f", "ppl_proj_fg"]]
+    io.write_csv(out.keys_csv, by_key)
+    io.save_figure(figures.perplexity_by_key(by_key), out.keys_png, out.keys_pdf)
     print(findings.markdown(table), file=log)

@@ -171,10 +171,12 @@ def test_key_kinds_are_stated_once():
     from knnlm_limits.model import KEY_KINDS
 
     schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
-    assert tuple(schema["properties"]["knn"]["properties"]["key"]["enum"]) == KEY_KINDS
-    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `knn.key` |"))
+    assert tuple(schema["properties"]["knn"]["properties"]["keys"]["items"]["enum"]) == KEY_KINDS
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `knn.keys` |"))
     assert [kind for kind in KEY_KINDS if f"`{kind}`" in row.split("|")[3]] == list(KEY_KINDS)
-    assert validate({"knn": {"key": "residual"}})["knn"]["key"] == "enc"  # the old name, read for one release
+    # the old names, read for one release: knn.key (one key) and `residual`
+    assert validate({"knn": {"key": "residual"}})["knn"]["keys"] == ["enc"]
+    assert validate({"knn": {"keys": ["mlp_input", "residual"]}})["knn"]["keys"] == ["mlp_input", "enc"]
 
 
 def test_old_projection_setting_key_is_read_as_interpolation():

@@ -29,7 +29,8 @@ def test_nothing_changed_plans_nothing(tiny_runs, tmp_path):
 def test_lambda_reruns_only_interpolation_and_downstream(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "lambda": 0.5}})
     # the figures apply (lambda, T) to the stored neighbours: no model runs again
-    assert set(jobs) == {"projection", "table1", "knn_gains", "knn_neighbours", "figure1", "figure2", "findings", "all"}
+    assert set(jobs) == {"projection", "table1", "knn_gains", "knn_neighbours", "search_fidelity", "figure1", "figure2",
+                         "findings", "all"}
 
 
 def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_path):
@@ -37,8 +38,8 @@ def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_p
     # Macondo's small datastores are searched inside their run's evaluation job (one per run,
     # with a kNN-LM: memorization full seed 0, overspecification seed 0)
     assert jobs == {"index": 1, "knn_search": 1, "children_eval": 2, "knnlm_grid": 1,
-                    "projection": 1, "table1": 1, "knn_gains": 1, "knn_neighbours": 1, "figure1": 1, "figure2": 1,
-                    "findings": 1, "all": 1}
+                    "projection": 1, "table1": 1, "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1,
+                    "figure1": 1, "figure2": 1, "findings": 1, "all": 1}
 
 
 def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
@@ -51,7 +52,7 @@ def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
 def test_stride_reruns_the_corpus_evaluation_not_training(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"corpus": {**TINY["corpus"], "stride": 32}})
     assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "knn_gains": 1, "knn_neighbours": 1, "findings": 1, "all": 1}
+                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "findings": 1, "all": 1}
 
 
 def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):

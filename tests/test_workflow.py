@@ -46,22 +46,22 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 
 RESULT_CSVS = ["figure1/tiny/figure1.csv", "figure1/tiny/children.csv", "figure2/children.csv", "figure3/children.csv",
-               "table1/corpus_lm/tiny/step-20/table1.csv", "table1/corpus_lm/tiny/step-20/grid.csv",
-               "table1/corpus_lm/tiny/step-20/projection_traces.csv", "findings.csv", "findings_by_scale.csv",
-               "table1/corpus_lm/tiny/step-20/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/gain_tokens.csv",
-               "table1/corpus_lm/tiny/step-20/neighbours.csv"]
+               "table1/corpus_lm/tiny/step-20/mlp_input/table1.csv", "table1/corpus_lm/tiny/step-20/mlp_input/grid.csv",
+               "table1/corpus_lm/tiny/step-20/mlp_input/projection_traces.csv", "findings.csv", "findings_by_scale.csv",
+               "table1/corpus_lm/tiny/step-20/mlp_input/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/mlp_input/gain_tokens.csv",
+               "table1/corpus_lm/tiny/step-20/mlp_input/neighbours.csv", "perplexity_by_key.csv"]
 FIGURES = ["figure1/tiny/figure1.png", "figure2/figure2.pdf", "figure3/figure3.png", "findings_by_scale.png",
-           "table1/corpus_lm/tiny/step-20/projection_traces.png", "table1/corpus_lm/tiny/step-20/grid.png",
-           "table1/corpus_lm/tiny/step-20/gain_by_frequency.png"]
+           "table1/corpus_lm/tiny/step-20/mlp_input/projection_traces.png", "table1/corpus_lm/tiny/step-20/mlp_input/grid.png",
+           "table1/corpus_lm/tiny/step-20/mlp_input/gain_by_frequency.png", "perplexity_by_key.png"]
 
 
 def test_gain_by_frequency_agrees_with_the_search_results(tiny_runs):
     """The per-token gains are the Table 1 interpolation's minus the LM's; the bucket shares
     add up to one; the finding is in findings.csv with the rare-minus-frequent difference."""
     results = tiny_runs[0]
-    point = results / "table1/corpus_lm/tiny/step-20"
+    point = results / "table1/corpus_lm/tiny/step-20/mlp_input"
     tokens = pd.read_csv(point / "gain_tokens.csv")
-    found = knnlm.SearchResults.load(results / "knn/corpus_lm/tiny/step-20/test.npz")
+    found = knnlm.SearchResults.load(results / "knn/corpus_lm/tiny/step-20/mlp_input/test.npz")
     config = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
     lam, temperature = config.get("knn", {}).get("lambda", 0.25), config.get("knn", {}).get("temperature", 1.0)
     np.testing.assert_allclose(tokens.gain, knnlm.knnlm_logprob(found, lam, temperature) - found.lm_logprob, atol=1e-9)
@@ -81,7 +81,7 @@ def test_neighbours_page_agrees_with_the_datastore_and_the_gains(tiny_runs):
     from knnlm_limits.tokens import load_stream
 
     results = tiny_runs[0]
-    point = results / "table1/corpus_lm/tiny/step-20"
+    point = results / "table1/corpus_lm/tiny/step-20/mlp_input"
     table = pd.read_csv(point / "neighbours.csv", keep_default_na=False)
     assert (point / "neighbours.html").read_text().count("<h3>") == table["rank"].nunique() > 0
     train = load_stream(results / "data/tokens/corpus_train.npz")
@@ -97,9 +97,9 @@ def test_neighbours_page_agrees_with_the_datastore_and_the_gains(tiny_runs):
 
 def test_tiny_dag_produces_every_result(tiny_runs):
     results = tiny_runs[0]
-    for rel in RESULT_CSVS + FIGURES + ["table1/corpus_lm/tiny/step-20/table1.md", "findings.md"]:
+    for rel in RESULT_CSVS + FIGURES + ["table1/corpus_lm/tiny/step-20/mlp_input/table1.md", "findings.md"]:
         assert (results / rel).stat().st_size > 0, rel
-    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/table1.csv")
+    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/mlp_input/table1.csv")
     for col in ("ppl_lm", "ppl_knnlm", "ppl_proj_f", "ppl_proj_fg", "ppl_proj_f_reverse"):
         assert table[col].item() > 1
     fig1 = pd.read_csv(results / "figure1/tiny/children.csv")
@@ -128,7 +128,7 @@ def test_nothing_to_do_after_a_complete_run(tiny_runs):
 
 def test_table1_findings_recomputed_from_the_stage_inputs(tiny_runs):
     """The projection gaps, from the per-token CSV by hand; each CI holds its point estimate."""
-    point = tiny_runs[0] / "table1/corpus_lm/tiny/step-20"
+    point = tiny_runs[0] / "table1/corpus_lm/tiny/step-20/mlp_input"
     tokens = pd.read_csv(point / "projection_tokens.csv")
     ppl = {c: float(np.exp(-tokens[c].mean())) for c in ("lm", "knnlm", "proj_f", "proj_fg")}
     found = pd.read_csv(tiny_runs[0] / "findings.csv").set_index("finding")
@@ -138,7 +138,7 @@ def test_table1_findings_recomputed_from_the_stage_inputs(tiny_runs):
         assert row.measured == pytest.approx(gap, rel=1e-9)
         assert row.ci_low <= row.measured <= row.ci_high
         assert row.holds == (row.ci_high < 0.5 if column == "proj_f" else row.ci_low > 0.5)
-    knn = knnlm.SearchResults.load(tiny_runs[0] / "knn/corpus_lm/tiny/step-20/test.npz")
+    knn = knnlm.SearchResults.load(tiny_runs[0] / "knn/corpus_lm/tiny/step-20/mlp_input/test.npz")
     diff = knnlm.perplexity(knn.lm_logprob) - knnlm.perplexity(knnlm.knnlm_logprob(knn, 0.25, 1.0))
     assert found.loc["knnlm_beats_lm"].measured == pytest.approx(diff, rel=1e-9)
 
@@ -155,8 +155,33 @@ def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_pat
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1, "knn_neighbours": 1,
-                    "knnlm_grid": 1, "projection": 1, "table1": 1, "findings": 1, "all": 1}
+    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1,
+                    "knn_neighbours": 1, "search_fidelity": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
+                    "findings": 1, "all": 1}
+
+
+def test_adding_a_key_plans_only_that_keys_jobs(tiny_runs, tmp_path):
+    config = {**TINY, "results": str(tiny_runs[0]), "knn": {**TINY.get("knn", {}), "keys": ["mlp_input", "enc"]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
+    assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
+                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "findings": 1, "all": 1}
+
+
+def test_two_keys_give_two_table1_rows_and_mlp_input_is_unchanged(tiny_runs, tmp_path):
+    """A fresh run of Table 1 with knn.keys [mlp_input, final_hidden]: one Table 1 per key,
+    the mlp_input one byte for byte the one-key run's."""
+    results = tmp_path / "results"
+    config = {**TINY, "results": str(results), "knn": {**TINY.get("knn", {}), "keys": ["mlp_input", "final_hidden"]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    snakemake("all_table1", "--cores", "2", "--configfile", str(path))
+    point = "table1/corpus_lm/tiny/step-20"
+    assert (results / point / "mlp_input/table1.csv").read_bytes() == (tiny_runs[0] / point / "mlp_input/table1.csv").read_bytes()
+    other = pd.read_csv(results / point / "final_hidden/table1.csv")
+    assert other.key.tolist() == ["final_hidden"]
+    assert other.test_ppl_lm.item() == pd.read_csv(results / point / "mlp_input/table1.csv").test_ppl_lm.item()
 
 
 # ---------------------------------------------------------------- paper scale, rehearsed
@@ -175,7 +200,8 @@ def rehearsal(tmp_path_factory):
 
 
 def test_rehearsal_runs_every_paper_scale_path(rehearsal):
-    points = ["corpus_lm/gpt2-2x64/step-20", "pretrained/rehearsal--gpt2-lm/step-0", "pretrained/rehearsal--llama-lm/step-0"]
+    points = ["corpus_lm/gpt2-2x64/step-20/mlp_input", "pretrained/rehearsal--gpt2-lm/step-0/mlp_input",
+              "pretrained/rehearsal--llama-lm/step-0/mlp_input"]
     for point in points:
         table = pd.read_csv(rehearsal / "table1" / point / "table1.csv")
         assert table.setting.item() == "tuned"
@@ -219,6 +245,6 @@ def test_real_text_tiny_run(tmp_path):
     results = tmp_path / "results"
     snakemake("--cores", "2", "--configfile", ".tests/config.yaml", ".tests/wikitext2.yaml",
               "--config", f"results={results}")
-    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/table1.csv")
+    table = pd.read_csv(results / "table1/corpus_lm/tiny/step-20/mlp_input/table1.csv")
     assert table.ppl_knnlm.item() < table.ppl_lm.item()
     assert "Homarus" in (results / "data/corpus/train.txt").read_text()

@@ -75,7 +75,7 @@ def coerce(value, schema: dict, root: dict):
 
 # Sections and values renamed, still read for one release: old name -> new name.
 RENAMED = {"scale": "chat"}
-RENAMED_VALUES = {("knn", "key"): {"residual": "enc"}}
+RENAMED_VALUES = {("knn", "keys"): {"residual": "enc"}}
 RENAMED_KEYS = {("table1", "projection", "setting"): "interpolation"}
 _warned: set[tuple[str, str]] = set()
 
@@ -106,11 +106,17 @@ def read_renamed(config: dict) -> None:
         if isinstance(inner, dict) and old in inner:
             _warn_once("config key", ".".join([*where, old]), ".".join([*where, new]))
             inner[new] = inner.pop(old)
+    knn = config.get("knn")
+    if isinstance(knn, dict) and "key" in knn:  # one key, before keys was a list
+        _warn_once("config key", "knn.key", "knn.keys")
+        old = knn.pop("key")
+        knn["keys"] = [old] if isinstance(old, str) else old
     for (section, key), names in RENAMED_VALUES.items():
         value = (config.get(section) or {}).get(key)
-        if isinstance(value, str) and value in names:
-            _warn_once(f"{section}.{key}", value, names[value])
-            config[section][key] = names[value]
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            if isinstance(item, str) and item in names:
+                _warn_once(f"{section}.{key}", item, names[item])
+                value[i] = names[item]
 
 
 def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:

@@ -140,6 +140,10 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     table1 = frame[frame.finding.isin([*claims, "softmax_bottleneck_ruled_out_convex"])]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lengths = sorted(table1.step.fillna(-1).unique())
+    keys = sorted(table1.key.fillna("").unique()) if "key" in table1 else [""]
+    many_keys = len(keys) > 1
+    if "key" not in table1:
+        table1 = table1.assign(key="")
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), sharey=True)
     for ax, (finding, title) in zip(axes, claims.items()):
         shown = [(finding, "-", "", 0.0)]
@@ -148,11 +152,11 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
         beyond = []  # lines under the panel for the points whose interval leaves the axis
         for name, style, suffix, shift in shown:
             rows = table1[table1.finding == name]
-            for step, line in rows.groupby(rows.step.fillna(-1)):
+            for (step, key), line in rows.groupby([rows.step.fillna(-1), rows.key.fillna("")]):
                 line = line.sort_values("n_embd")
                 x = line.n_embd * (1 + shift)  # side by side, not on top of each other
-                label = ("pretrained" if step < 0 else f"{int(step)} steps") + suffix
-                color = colors[lengths.index(step) % len(colors)]
+                label = ("pretrained" if step < 0 else f"{int(step)} steps") + (f", {key}" if many_keys else "") + suffix
+                color = colors[(lengths.index(step) + len(lengths) * keys.index(key)) % len(colors)]
                 inside = (line.ci_low >= ylim[0]) & (line.ci_high <= ylim[1])
                 ok, xo = line[inside], x[inside]
                 ax.errorbar(xo, ok.measured, yerr=[ok.measured - ok.ci_low, ok.ci_high - ok.measured],
@@ -180,6 +184,30 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM\n"
                  "hollow: the interval leaves the axis (listed below each panel); an arrow: so does the estimate", fontsize=10)
     fig.subplots_adjust(bottom=0.38, top=0.86, wspace=0.08)
+    return fig
+
+
+def perplexity_by_key(by_key: pd.DataFrame):
+    """Test perplexity per datastore key at each scale point: LM, kNN-LM fixed and tuned."""
+    points = list(dict.fromkeys(f"{m}" + ("" if pd.isna(s) else f" step {int(s)}") for m, s in zip(by_key.model, by_key.step)))
+    keys = list(dict.fromkeys(by_key.key))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(points) * max(1, len(keys))), 4.2))
+    width = 0.8 / max(1, len(keys))
+    for i, key in enumerate(keys):
+        rows = by_key[by_key.key == key]
+        x = np.array([points.index(f"{m}" + ("" if pd.isna(s) else f" step {int(s)}")) for m, s in zip(rows.model, rows.step)])
+        at = x - 0.4 + width * (i + 0.5)
+        ax.bar(at, rows.test_ppl_knnlm_fixed, width * 0.9, label=f"kNN-LM, {key}", alpha=0.85)
+        ax.plot(at, rows.test_ppl_knnlm_tuned, "k^", ms=6, label="tuned (λ, T)" if i == 0 else None)
+    lm = by_key.drop_duplicates(["model", "step"])
+    for m, s, ppl in zip(lm.model, lm.step, lm.test_ppl_lm):
+        x = points.index(f"{m}" + ("" if pd.isna(s) else f" step {int(s)}"))
+        ax.hlines(ppl, x - 0.45, x + 0.45, colors="k", linestyles="--", label="LM" if x == 0 else None)
+    ax.set_xticks(range(len(points)), points, fontsize=8)
+    ax.set(ylabel="test perplexity", title="Perplexity by datastore key (knn.keys)")
+    ax.set_ylim(0, 1.15 * max(by_key.test_ppl_lm.max(), by_key.test_ppl_knnlm_fixed.max()))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 from .stats import bootstrap_ci, t_interval
 
-SCALE_COLUMNS = ["model", "architecture", "n_layer", "n_embd", "vocab_size", "step", "train_tokens"]
+SCALE_COLUMNS = ["model", "architecture", "n_layer", "n_embd", "vocab_size", "step", "train_tokens", "key"]
 COLUMNS = ["finding", "paper", "measured", "ci_low", "ci_high", "criterion", "holds", "ci_over", "n_children",
            "note", *SCALE_COLUMNS]
 
@@ -204,6 +204,7 @@ def markdown(frame: pd.DataFrame) -> str:
     lines = ["| finding | scale | n | paper | measured [95% CI] | holds | criterion |", "|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         scale = f"{r.model} step {int(r.step)}" if pd.notna(r.step) else str(r.model)
+        scale += f", key {r.key}" if isinstance(r.key, str) and r.key else ""
         ci = "n/a" if pd.isna(r.ci_low) else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
         note = f" ({r.note})" if isinstance(r.note, str) and r.note else ""
         lines.append(f"| {r.finding} | {scale} | {r.n_children} | {r.paper} | {r.measured:.3g} {ci} | "
@@ -219,5 +220,5 @@ BY_SCALE = ("knnlm_beats_lm", "softmax_bottleneck_ruled_out", "softmax_bottlenec
 def by_scale(frame: pd.DataFrame) -> pd.DataFrame:
     """The scale-dependent claims (Table 1, Figure 1), one row per claim and scale point."""
     part = frame[frame.finding.isin(BY_SCALE)]
-    return part.sort_values(["finding", "architecture", "n_layer", "n_embd", "step"], na_position="last",
+    return part.sort_values(["finding", "key", "architecture", "n_layer", "n_embd", "step"], na_position="last",
                             kind="stable").reset_index(drop=True)
