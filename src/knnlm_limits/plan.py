@@ -149,7 +149,8 @@ def table(jobs: list[Job]) -> list[dict]:
 
 
 def report(rows: list[dict]) -> str:
-    head = f"{'rule':<24} {'wildcards':<40} {'partition':<9} {'thr':>3} {'gpu':>3} " \
+    wide = max([len("wildcards"), *(len(r["wildcards"]) for r in rows)])  # whole: a cut name misleads
+    head = f"{'rule':<24} {'wildcards':<{wide}} {'partition':<9} {'thr':>3} {'gpu':>3} " \
            f"{'mem est/req':>19} {'GPU mem':>9} {'disk':>9} {'time est/req':>17}  flags"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -158,7 +159,7 @@ def report(rows: list[dict]) -> str:
         time = f"{'?' if unknown else _hours(r['est_minutes'])}/{_hours(r['req_minutes'])}"
         gpu_mem = _gb(r["est_gpu_mem_mb"]) if r["gpus"] and not unknown else "-"
         disk = "?" if unknown else _gb(r["est_disk_mb"])
-        lines.append(f"{r['rule']:<24} {r['wildcards'][:40]:<40} {r['partition']:<9} {r['threads']:>3} {r['gpus']:>3} "
+        lines.append(f"{r['rule']:<24} {r['wildcards']:<{wide}} {r['partition']:<9} {r['threads']:>3} {r['gpus']:>3} "
                      f"{mem:>19} {gpu_mem:>9} {disk:>9} {time:>17}  {r['flags']}")
     known = [r for r in rows if r["est_mem_mb"] is not None]
     disk = sum(r["est_disk_mb"] for r in known)
