@@ -154,7 +154,8 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
             rows = table1[table1.finding == name]
             for (step, key), line in rows.groupby([rows.step.fillna(-1), rows.key.fillna("")]):
                 line = line.sort_values("n_embd")
-                x = line.n_embd * (1 + shift)  # side by side, not on top of each other
+                # side by side, not on top of each other: convex optimum and each key shifted a little
+                x = line.n_embd * (1 + shift + 0.02 * keys.index(key))
                 label = ("pretrained" if step < 0 else f"{int(step)} steps") + (f", {key}" if many_keys else "") + suffix
                 color = colors[(lengths.index(step) + len(lengths) * keys.index(key)) % len(colors)]
                 inside = (line.ci_low >= ylim[0]) & (line.ci_high <= ylim[1])
@@ -176,6 +177,8 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
         ax.set_xscale("log", base=2)
         widths = sorted(table1.n_embd.dropna().unique())
         ax.set_xticks(widths, [str(int(w)) for w in widths])
+        if widths:  # room around the points, also for a single width
+            ax.set_xlim(min(widths) / 1.25, max(widths) * 1.25)
         ax.minorticks_off()
         ax.set(xlabel="model width (n_embd)", title=title, ylim=ylim)
         ax.grid(alpha=0.3)
@@ -205,9 +208,10 @@ def perplexity_by_key(by_key: pd.DataFrame):
         ax.hlines(ppl, x - 0.45, x + 0.45, colors="k", linestyles="--", label="LM" if x == 0 else None)
     ax.set_xticks(range(len(points)), points, fontsize=8)
     ax.set(ylabel="test perplexity", title="Perplexity by datastore key (knn.keys)")
-    ax.set_ylim(0, 1.15 * max(by_key.test_ppl_lm.max(), by_key.test_ppl_knnlm_fixed.max()))
+    values = by_key[["test_ppl_lm", "test_ppl_knnlm_fixed", "test_ppl_knnlm_tuned"]].to_numpy()
+    ax.set_ylim(0.9 * values.min(), 1.05 * values.max())  # bars cut: the differences are what matters
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return fig
 
 
