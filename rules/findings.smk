@@ -45,5 +45,6 @@ rule findings:
         # the models Figures 2 and 3 fine-tuned, as (model, step)
         base_model=base_model(config["overspecification"]["base_model"]),
         chat_model=base_model(config["chat"]["model"]),
+        macondo_key=knn_settings()["key"],
     script:
         "../scripts/findings.py"

@@ -12,6 +12,9 @@ with logged(snakemake) as log:
                  "n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "vocab_size": vocab}
         rows += findings.figure1(pd.read_csv(path), scale, p.settings["early_fraction"])
     rows += findings.figure2(pd.read_csv(inp.figure2), {"model": "{} step {}".format(*p.base_model)})
+    for row in rows:  # Figures 1 and 2's kNN-LM claims: their datastores' key
+        if row["finding"] in findings.MACONDO_KNN_FINDINGS:
+            row["key"] = p.macondo_key
     rows += findings.figure3(pd.read_csv(inp.figure3), {"model": "{} step {}".format(*p.chat_model)},
                              p.settings["bootstrap_resamples"], p.settings["seed"])
     table = findings.to_frame(rows)

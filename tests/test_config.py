@@ -177,6 +177,8 @@ def test_key_kinds_are_stated_once():
     # the old names, read for one release: knn.key (one key) and `residual`
     assert validate({"knn": {"key": "residual"}})["knn"]["keys"] == ["enc"]
     assert validate({"knn": {"keys": ["mlp_input", "residual"]}})["knn"]["keys"] == ["mlp_input", "enc"]
+    # an old config merged over config.yaml has both: its knn.key is what it asked for
+    assert validate({"knn": {"keys": ["mlp_input"], "key": "final_hidden"}})["knn"]["keys"] == ["final_hidden"]
 
 
 def test_old_projection_setting_key_is_read_as_interpolation():

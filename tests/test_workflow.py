@@ -112,6 +112,10 @@ def test_tiny_dag_produces_every_result(tiny_runs):
     assert {"knnlm_beats_lm", "softmax_bottleneck_ruled_out", "mlp_hurdle_in_projection", "overspecification_gap",
             "knn_helps_overspecification", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder",
             "scaling_does_not_fix_overspecification"} <= set(found.finding)
+    # a kNN-LM claim names its key; an LM-only one none
+    knn_rows = found.finding.isin(["knnlm_beats_lm", "knn_helps_overspecification", "knn_high_from_random_encoder"])
+    assert (found[knn_rows].key == "mlp_input").all()
+    assert found[found.finding.isin(["overspecification_gap", "no_last_mlp_learns_faster_early"])].key.isna().all()
     assert (results / "logs/train/corpus_lm/tiny.log").read_text().strip()  # every log goes to its file
 
 

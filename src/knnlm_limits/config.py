@@ -107,7 +107,9 @@ def read_renamed(config: dict) -> None:
             _warn_once("config key", ".".join([*where, old]), ".".join([*where, new]))
             inner[new] = inner.pop(old)
     knn = config.get("knn")
-    if isinstance(knn, dict) and "key" in knn:  # one key, before keys was a list
+    # one key, before keys was a list; it wins over a `keys` beside it, which is config.yaml's
+    # default whenever an old config file is merged over it
+    if isinstance(knn, dict) and "key" in knn:
         _warn_once("config key", "knn.key", "knn.keys")
         old = knn.pop("key")
         knn["keys"] = [old] if isinstance(old, str) else old

@@ -43,6 +43,10 @@ COLUMNS = ["finding", "paper", "measured", "ci_low", "ci_high", "criterion", "ho
            "note", *SCALE_COLUMNS]
 
 
+# the Macondo claims read off a kNN-LM (whose key is knn.keys[0])
+MACONDO_KNN_FINDINGS = ("knn_high_from_random_encoder", "knn_helps_overspecification")
+
+
 def _row(finding, paper, estimate, criterion, holds_rule, ci_over, scale, n_children="all", note=""):
     measured, low, high = estimate
     holds = bool(holds_rule(low, high)) if not (math.isnan(low) or math.isnan(high)) else False
