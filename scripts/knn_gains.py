@@ -11,7 +11,8 @@ with logged(snakemake) as log:
     io.write_csv(out.tokens, tokens)
     io.write_csv(out.csv, buckets)
     scale = findings.scale_of(inp.model, p.scale)
-    io.save_figure(figures.gain_by_frequency(buckets, f"({scale['model']} step {scale['step']}, key {scale['key']})"), out.png, out.pdf)
+    title = f"({scale['model']} step {scale['step']}, key {scale['key']})"
+    io.save_figure(figures.gain_by_frequency(buckets, title), out.png, out.pdf)
     estimate = inspection.rare_minus_frequent(tokens, *boot)
     io.write_csv(out.findings, findings.to_frame(findings.knn_gains(estimate, len(tokens), scale)))
     print(buckets.to_string(index=False), file=log)

@@ -86,31 +86,8 @@ def rare_minus_frequent(tokens: pd.DataFrame, n_resamples: int = 2000, seed: int
 
 
 def target_positions(examples, example_of_rows: np.ndarray) -> np.ndarray:
-    """Where each search-result row's target sits in the examples' token array.
-
-    Rows come example by example, each example's scored positions in order (as
-    knnlm.lm_and_queries writes them), so row r of example e is its
-    ``score_start[e] + (r - first row of e)``-th token.
-    """
-    example = np.asarray(example_of_rows, dtype=np.int64)
-    first = np.searchsorted(example, np.arange(len(examples)))
-    return examples.starts[example] + examples.score_start[example] + (np.arange(len(example)) - first[example])
-
-
-def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
-    """`n` search-result rows drawn uniformly without replacement (seeded), in order."""
-    if n >= n_rows:
-        return np.arange(n_rows)
-    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
-
-
-def neighbour_weights(dists: np.ndarray, nvalues: np.ndarray, temperature: float) -> np.ndarray:
-    """Each neighbour's share of p_knn, softmax(-d / T) over a row's found neighbours."""
-    logits = knnlm.neighbour_logits(dists, nvalues, temperature)
-    top = np.max(logits, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
-        return np.nan_to_num(weights / weights.sum(axis=1, keepdims=True))
+    """Where each search-result row's target sits in the examples' token array."""
+    return examples.starts[np.asarray(example_of_rows)] + knnlm.target_columns(examples, example_of_rows)
 
 
 def neighbours(found: knnlm.SearchResults, ids, positions, train_tokens, test, decode, lam: float,
@@ -125,12 +102,12 @@ def neighbours(found: knnlm.SearchResults, ids, positions, train_tokens, test, d
     entries: the training context it came from, its next token, distance, weight in
     p_knn and whether it is the target. Positions with the largest |gain| come first.
     """
-    chosen = sample_rows(len(found), settings["tokens"], settings["seed"])
+    chosen = knnlm.sample_rows(len(found), settings["tokens"], settings["seed"])
     dists, nvalues, targets = found.dists[chosen], found.nbr_values[chosen], found.targets[chosen]
     log_lm = found.lm_logprob[chosen].astype(np.float64)
     log_knn = knnlm.knn_target_logprob(dists, nvalues, targets, temperature)
     log_mix = knnlm.interpolate(log_lm, log_knn, lam)
-    weights = neighbour_weights(dists, nvalues, temperature)
+    weights = knnlm.neighbour_weights(dists, nvalues, temperature)
     at = target_positions(test, found.example)[chosen]
     width = settings["context_tokens"]
 
@@ -176,7 +153,7 @@ def exact_sample(searcher, queries: np.ndarray, k: int, n: int) -> dict:
         width = searcher.width(k) if len(queries) else k
         return {"rows": np.zeros(0, np.int64), "dists": np.zeros((0, width), np.float32),
                 "ids": np.zeros((0, width), np.int64)}
-    rows = sample_rows(len(queries), n, FIDELITY_SEED)
+    rows = knnlm.sample_rows(len(queries), n, FIDELITY_SEED)
     dists, ids = exact_search(searcher.key_file, np.ascontiguousarray(queries[rows], dtype=np.float32), k)
     return {"rows": rows, "dists": dists, "ids": ids}
 
@@ -197,8 +174,7 @@ def fidelity(found: knnlm.SearchResults, approx_ids, exact: dict, values, lam: f
     rows = exact["rows"]
     approx = knnlm.SearchResults(found.targets[rows], found.lm_logprob[rows], found.example[rows],
                                  found.dists[rows], found.nbr_values[rows])
-    exact_values = knnlm.neighbour_values(values, exact["ids"])
-    exactly = knnlm.SearchResults(approx.targets, approx.lm_logprob, approx.example, exact["dists"], exact_values)
+    exactly = approx.with_neighbours(exact["dists"], knnlm.neighbour_values(values, exact["ids"]))
     return pd.DataFrame({"position": rows, "recall_at_k": recall_at_k(np.asarray(approx_ids[rows]), exact["ids"]),
                          "lm_logprob": approx.lm_logprob.astype(np.float64),
                          "knnlm_logprob_exact": knnlm.knnlm_logprob(exactly, lam, temperature),

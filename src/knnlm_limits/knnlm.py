@@ -73,6 +73,26 @@ class SearchResults:
         return cls.from_arrays(io.load_npz(path), path)
 
 
+def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """`n` of `n_rows` search-result rows drawn uniformly without replacement (seeded), in
+    order: a sample over the whole evaluated split, not its first window's least-context
+    tokens."""
+    if n >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
+def target_columns(examples: Examples, example_of_rows: np.ndarray) -> np.ndarray:
+    """Each search-result row's target as a position in its example.
+
+    lm_and_queries writes the rows example by example, each example's scored positions
+    in order, so row r of example e is its ``score_start[e] + (r - e's first row)``-th token.
+    """
+    example = np.asarray(example_of_rows, dtype=np.int64)
+    first = np.searchsorted(example, np.arange(len(examples)))  # each example's first row
+    return examples.score_start[example] + (np.arange(len(example)) - first[example])
+
+
 def lm_and_queries(model, examples: Examples, key: str | None = "mlp_input", batch_tokens: int = 8192, log=None):
     """(SearchResults without neighbours, queries): at every scored position the target
     token, log p_lm(target), and the kNN query key (an (N, d) float32 array).
@@ -199,14 +219,19 @@ def _knn_target_logprob(dists, nvalues, targets, temperature: float) -> np.ndarr
         return np.where(np.isfinite(total), _logsumexp(np.where(match, logits, -np.inf)) - total, -np.inf)
 
 
-def knn_distribution(dists, nvalues, temperature: float, vocab_size: int) -> np.ndarray:
-    """The whole p_knn over the vocabulary (B, V): neighbour weights summed by value."""
+def neighbour_weights(dists, nvalues, temperature: float) -> np.ndarray:
+    """Each neighbour's share of p_knn (B, k): softmax(-d / T) over a row's found neighbours."""
     logits = neighbour_logits(dists, nvalues, temperature)
     total = _logsumexp(logits)[:, None]
     with np.errstate(invalid="ignore"):  # a row with no neighbour at all: p_knn = 0 (see above)
-        weights = np.where(np.isfinite(total), np.exp(logits - total), 0.0)
-    probs = np.zeros((len(logits), vocab_size))
-    rows = np.broadcast_to(np.arange(len(logits))[:, None], logits.shape)
+        return np.where(np.isfinite(total), np.exp(logits - total), 0.0)
+
+
+def knn_distribution(dists, nvalues, temperature: float, vocab_size: int) -> np.ndarray:
+    """The whole p_knn over the vocabulary (B, V): neighbour weights summed by value."""
+    weights = neighbour_weights(dists, nvalues, temperature)
+    probs = np.zeros((len(weights), vocab_size))
+    rows = np.broadcast_to(np.arange(len(weights))[:, None], weights.shape)
     np.add.at(probs, (rows, np.maximum(nvalues, 0)), weights)
     return probs
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .knnlm import SearchResults, interpolate, knn_distribution
+from .knnlm import SearchResults, interpolate, knn_distribution, sample_rows, target_columns
 from .model import device_of, enc, f_logits, g
 from .tokens import batches_by_tokens, pad_batch
 
@@ -150,24 +150,10 @@ def target_logprob(head, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         return torch.log_softmax(head(z), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def sample_positions(found: SearchResults, n_tokens: int, seed: int = 0) -> np.ndarray:
-    """Indices of `n_tokens` scored test positions drawn uniformly (seeded), in order.
-
-    A sample over the whole test set, not its first tokens, which sit in the
-    first window with the least context.
-    """
-    n = len(found)
-    if n_tokens >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=n_tokens, replace=False))
-
-
 @torch.no_grad()
 def enc_at(lm, examples, found: SearchResults, chosen: np.ndarray, batch_tokens: int = 8192) -> torch.Tensor:
     """h = enc(c) of the contexts of the chosen scored positions (rows of `found`), (n, d)."""
-    example = found.example
-    first = np.searchsorted(example, np.arange(len(examples)))  # first found row of each example
-    rows, cols = example[chosen], examples.score_start[example[chosen]] + (chosen - first[example[chosen]]) - 1
+    rows, cols = found.example[chosen], target_columns(examples, found.example)[chosen] - 1  # h at the context's end
     device = device_of(lm)
     out = torch.empty(len(chosen), lm.config.hidden_size, device=device)
     needed = np.unique(rows)
@@ -211,7 +197,7 @@ def run(lm, examples, found: SearchResults, lam: float, temperature: float, sett
     and for f's reverse-KL problem the optimality certificate).
     """
     lm.eval()
-    chosen = sample_positions(found, settings["tokens"], settings["seed"])
+    chosen = sample_rows(len(found), settings["tokens"], settings["seed"])
     h_all = enc_at(lm, examples, found, chosen)
     targets = torch.as_tensor(found.targets[chosen]).long()
     n = len(chosen)
