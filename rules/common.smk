@@ -100,36 +100,49 @@ def tokens(name):
 # path from the datastore on holds all three.
 
 
+def knn_point(model, step, key):
+    """The folder of a corpus kNN-LM under each stage's results folder."""
+    return f"{model}/step-{step}/{key}"
+
+
+# the wildcard pattern of a corpus kNN-LM's folder, for the logs and benchmarks of its jobs
+POINT = knn_point("{model}", "{step}", "{key}")
+
+
 def datastore(model, step, key):
-    base = f"{R}/datastores/{model}/step-{step}/{key}"
+    base = f"{R}/datastores/{knn_point(model, step, key)}"
     return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
 
 
 def datastore_positions(model, step, key):
     """Where each datastore entry came from in the training split (read by inspection only)."""
-    return f"{R}/datastores/{model}/step-{step}/{key}/positions.npy"
+    return f"{R}/datastores/{knn_point(model, step, key)}/positions.npy"
 
 
 def index_dir(model, step, key):
-    return f"{R}/indexes/{model}/step-{step}/{key}"
+    return f"{R}/indexes/{knn_point(model, step, key)}"
 
 
 def knn_file(model, step, key, evalset):
-    return f"{R}/knn/{model}/step-{step}/{key}/{evalset}.npz"
+    return f"{R}/knn/{knn_point(model, step, key)}/{evalset}.npz"
 
 
 def knn_ids_file(model, step, key):
     """The test split's neighbour ids (datastore rows), for the inspection of neighbours."""
-    return f"{R}/knn/{model}/step-{step}/{key}/test_ids.npy"
+    return f"{R}/knn/{knn_point(model, step, key)}/test_ids.npy"
 
 
 def knn_exact_sample(model, step, key):
     """Exact neighbours of sampled test queries where the index is approximate (else empty)."""
-    return f"{R}/knn/{model}/step-{step}/{key}/test_exact_sample.npz"
+    return f"{R}/knn/{knn_point(model, step, key)}/test_exact_sample.npz"
 
 
 def table1_dir(model, step, key):
-    return f"{R}/table1/{model}/step-{step}/{key}"
+    return f"{R}/table1/{knn_point(model, step, key)}"
+
+
+# the wildcard pattern of a corpus kNN-LM's Table 1 folder (its table, grid, projection, inspection)
+T1 = table1_dir("{model}", "{step}", "{key}")
 
 
 # ---------------------------------------------------------------- imported models

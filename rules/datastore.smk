@@ -11,9 +11,9 @@ rule datastore:
         **datastore("{model}", "{step}", "{key}"),
         position_file=datastore_positions("{model}", "{step}", "{key}"),
     log:
-        f"{LOGS}/datastore/{{model}}/step-{{step}}/{{key}}.log",
+        f"{LOGS}/datastore/{POINT}.log",
     benchmark:
-        f"{BENCH}/datastore/{{model}}/step-{{step}}/{{key}}.tsv"
+        f"{BENCH}/datastore/{POINT}.tsv"
     priority: 20
     conda:
         ENV

@@ -8,9 +8,9 @@ rule index:
     output:
         directory(index_dir("{model}", "{step}", "{key}")),
     log:
-        f"{LOGS}/index/{{model}}/step-{{step}}/{{key}}.log",
+        f"{LOGS}/index/{POINT}.log",
     benchmark:
-        f"{BENCH}/index/{{model}}/step-{{step}}/{{key}}.tsv"
+        f"{BENCH}/index/{POINT}.tsv"
     priority: 20
     conda:
         ENV

@@ -9,15 +9,13 @@ rule knn_gains:
         train=tokens("corpus_train"),
         model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
     output:
-        **figure_outputs(
-            f"{R}/table1/{{model}}/step-{{step}}/{{key}}", "gain_by_frequency"
-        ),
-        tokens=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/gain_tokens.csv",
-        findings=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/gain_findings.csv",
+        **figure_outputs(T1, "gain_by_frequency"),
+        tokens=f"{T1}/gain_tokens.csv",
+        findings=f"{T1}/gain_findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/gains.log",
+        f"{LOGS}/table1/{POINT}/gains.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/gains.tsv"
+        f"{BENCH}/table1/{POINT}/gains.tsv"
     conda:
         ENV
     threads: 1
@@ -42,19 +40,19 @@ rule knn_neighbours:
         tokenizer=f"{R}/data/tokenizer",
     output:
         csv=report(
-            f"{R}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.csv",
+            f"{T1}/neighbours.csv",
             caption="../report/neighbours.rst",
             category="Where retrieval helps",
         ),
         html=report(
-            f"{R}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.html",
+            f"{T1}/neighbours.html",
             caption="../report/neighbours.rst",
             category="Where retrieval helps",
         ),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.log",
+        f"{LOGS}/table1/{POINT}/neighbours.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/neighbours.tsv"
+        f"{BENCH}/table1/{POINT}/neighbours.tsv"
     conda:
         ENV
     threads: 1
@@ -81,12 +79,12 @@ rule search_fidelity:
         values=datastore("{model}", "{step}", "{key}")["value_file"],
         model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
     output:
-        csv=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.csv",
-        findings=f"{R}/table1/{{model}}/step-{{step}}/{{key}}/fidelity_findings.csv",
+        csv=f"{T1}/fidelity.csv",
+        findings=f"{T1}/fidelity_findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.log",
+        f"{LOGS}/table1/{POINT}/fidelity.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/fidelity.tsv"
+        f"{BENCH}/table1/{POINT}/fidelity.tsv"
     conda:
         ENV
     threads: 1

@@ -16,9 +16,9 @@ rule knn_search:
         test_ids=knn_ids_file("{model}", "{step}", "{key}"),
         exact_sample=knn_exact_sample("{model}", "{step}", "{key}"),
     log:
-        f"{LOGS}/knn/{{model}}/step-{{step}}/{{key}}.log",
+        f"{LOGS}/knn/{POINT}.log",
     benchmark:
-        f"{BENCH}/knn/{{model}}/step-{{step}}/{{key}}.tsv"
+        f"{BENCH}/knn/{POINT}.tsv"
     priority: 20
     conda:
         ENV

@@ -2,7 +2,6 @@
 # perplexity, and the projection of p_knnlm onto f and f∘g (softmax bottleneck
 # vs MLP hurdle), with the claims read off it (findings with 95% intervals).
 
-T1 = f"{R}/table1/{{model}}/step-{{step}}/{{key}}"
 # the validation grid feeds the projection only when it defines p_knnlm
 TUNED = config["table1"]["projection"]["interpolation"] == "tuned"
 
@@ -14,9 +13,9 @@ rule knnlm_grid:
         csv=report(f"{T1}/grid.csv", caption="../report/grid.rst", category="Table 1"),
         png=report(f"{T1}/grid.png", caption="../report/grid.rst", category="Table 1"),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/grid.log",
+        f"{LOGS}/table1/{POINT}/grid.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/grid.tsv"
+        f"{BENCH}/table1/{POINT}/grid.tsv"
     priority: 20
     conda:
         ENV
@@ -46,9 +45,9 @@ rule projection:
             category="Table 1",
         ),
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/projection.log",
+        f"{LOGS}/table1/{POINT}/projection.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/projection.tsv"
+        f"{BENCH}/table1/{POINT}/projection.tsv"
     priority: 20
     conda:
         ENV
@@ -79,9 +78,9 @@ rule table1:
         md=f"{T1}/table1.md",
         findings=f"{T1}/findings.csv",
     log:
-        f"{LOGS}/table1/{{model}}/step-{{step}}/{{key}}/table1.log",
+        f"{LOGS}/table1/{POINT}/table1.log",
     benchmark:
-        f"{BENCH}/table1/{{model}}/step-{{step}}/{{key}}/table1.tsv"
+        f"{BENCH}/table1/{POINT}/table1.tsv"
     priority: 20
     conda:
         ENV
