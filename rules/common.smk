@@ -18,7 +18,7 @@ from pathlib import Path
 
 from knnlm_limits import costs
 from knnlm_limits.config import pretrained_models
-from knnlm_limits.model import KEY_KINDS
+from knnlm_limits.families import KEY_KINDS
 
 R = config["results"]
 LOGS = f"{R}/logs"

@@ -20,6 +20,10 @@ from pathlib import Path
 
 NO_LAST_MLP_SUFFIX = "_no_last_mlp"
 
+# The kNN key kinds (model.knn_key computes each): the one list the schema, the README and
+# the tests are checked against. Here, not in model.py, so that planning imports no torch.
+KEY_KINDS = ("mlp_input", "enc", "final_hidden")
+
 
 class UnsupportedArchitecture(ValueError):
     """The decomposition f(g(enc(c))) is not defined for this architecture."""

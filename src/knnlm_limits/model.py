@@ -36,10 +36,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from .families import NO_LAST_MLP_SUFFIX, UnsupportedArchitecture, family_of, no_last_mlp_type
-
-# The kNN key kinds: the one list the schema, the README and the tests are checked against.
-KEY_KINDS = ("mlp_input", "enc", "final_hidden")
+from .families import KEY_KINDS, NO_LAST_MLP_SUFFIX, UnsupportedArchitecture, family_of, no_last_mlp_type
 
 
 class ModelLoadError(RuntimeError):
