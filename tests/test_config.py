@@ -167,8 +167,8 @@ def test_old_scale_section_is_read_as_chat_with_one_warning(tmp_path):
 
 
 def test_key_kinds_are_stated_once():
-    """model.KEY_KINDS is the list; the schema's enum and the README's config table follow it."""
-    from knnlm_limits.model import KEY_KINDS
+    """families.KEY_KINDS is the list; the schema's enum and the README's config table follow it."""
+    from knnlm_limits.families import KEY_KINDS
 
     schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
     assert tuple(schema["properties"]["knn"]["properties"]["keys"]["items"]["enum"]) == KEY_KINDS
@@ -184,3 +184,34 @@ def test_key_kinds_are_stated_once():
 def test_old_projection_setting_key_is_read_as_interpolation():
     cfg = validate({"table1": {"projection": {"setting": "tuned"}}})
     assert cfg["table1"]["projection"]["interpolation"] == "tuned" and "setting" not in cfg["table1"]["projection"]
+
+
+@pytest.mark.parametrize("key, section", [
+    ("tokenizer.pretrained", {"tokenizer": {"pretrained": "{path}"}}),
+    ("corpus_lm.pretrained[0]", {"corpus_lm": {"pretrained": ["{path}"]}}),
+    ("overspecification.base_model", {"overspecification": {"base_model": "{path}"}}),
+    ("chat.model", {"chat": {"model": "{path}"}}),
+])
+@pytest.mark.parametrize("path", ["/no/such/model", "./no-such-model", "../no-such-model", "~/no-such-model",
+                                  "models/no/such"])
+def test_a_model_setting_that_is_a_missing_path_fails_while_planning(key, section, path):
+    """Written as a path by its form (absolute, ./, ../, ~/, or more than one /), a model
+    setting must name a folder; the error names the config key and the path."""
+    config = yaml.safe_load(yaml.safe_dump(section).replace("'{path}'", f"'{path}'"))
+    with pytest.raises(ConfigError) as err:
+        validate(config, base_dir=ROOT)
+    assert f"'{key}'" in str(err.value) and path.lstrip("~./") in str(err.value)
+
+
+def test_hub_ids_stay_hub_ids_and_existing_paths_are_local(tmp_path, monkeypatch):
+    from knnlm_limits.config import is_path_by_form
+
+    assert not any(map(is_path_by_form, ["gpt2", "openai-community/gpt2", "Qwen/Qwen2.5-1.5B-Instruct", "corpus_lm"]))
+    assert all(map(is_path_by_form, ["/m", "./m", "../m", "~/m", "a/b/c", ".", ".."]))
+    # a hub id passes planning (the import job meets the hub); an existing folder passes too,
+    # ~ expanded so that from_pretrained sees a folder, not a hub id
+    validate({"chat": {"model": "no-such-org/no-such-model"}}, base_dir=ROOT)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "chat-model").mkdir()
+    config = validate({"chat": {"model": "~/chat-model"}}, base_dir=ROOT)
+    assert config["chat"]["model"] == str(tmp_path / "chat-model")

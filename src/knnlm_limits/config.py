@@ -4,9 +4,13 @@
    hands nested ``--config knn='{lambda: 0.3}'`` values over as strings.
 2. The JSON schema checks types and fills every default.
 3. What a schema cannot say: Macondo sizes that cannot be met, duplicate shape
-   names, FAISS factory strings FAISS cannot build, and models a config names as
-   local folders whose architecture the decomposition does not support or whose
-   tokenizer is not the workflow's.
+   names, FAISS factory strings FAISS cannot build, model settings written as a
+   path that names no folder, and models a config names as local folders whose
+   architecture the decomposition does not support or whose tokenizer is not the
+   workflow's.
+
+Nothing here imports torch or transformers: the workflow is read (every dry run,
+every `make plan`, every job a cluster starts) in a second or two.
 """
 
 from __future__ import annotations
@@ -138,7 +142,10 @@ def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:
             raise
         raise ConfigError(f"invalid config key {_key_path(cause)!r}: {cause.message}") from None
     check_semantics(config)
-    check_local_models(config, Path(base_dir) if base_dir else Path.cwd())
+    expand_home(config)
+    base_dir = Path(base_dir) if base_dir else Path.cwd()
+    check_model_paths(config, base_dir)
+    check_local_models(config, base_dir)
     return config
 
 
@@ -174,8 +181,51 @@ def check_semantics(config: dict) -> None:
 
 def _local(name: str, base_dir: Path) -> Path | None:
     """The folder a model name points at, if it is a local folder."""
-    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    path = _as_path(name, base_dir)
     return path if path.is_dir() else None
+
+
+def _as_path(name: str, base_dir: Path) -> Path:
+    """`name` read as a path: `~` expanded, relative to the workflow folder."""
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def is_path_by_form(name: str) -> bool:
+    """Whether a model setting is written as a local path, not a hub id: absolute, `~`,
+    `.`/`..` or `./`, `../` in front, or more than one `/` (a hub id is `name` or
+    `owner/name`). `owner/name` itself is a local folder where one exists, else a hub id."""
+    return (name.startswith(("/", "~", "./", "../")) or name in (".", "..")
+            or name.rstrip("/").count("/") > 1)
+
+
+def model_settings(config: dict) -> dict[str, str]:
+    """{config key: hub id or local folder} of every setting that names a model or tokenizer."""
+    named = {"tokenizer.pretrained": config["tokenizer"]["pretrained"]}
+    named |= {f"corpus_lm.pretrained[{i}]": name for i, name in enumerate(config["corpus_lm"]["pretrained"])}
+    named |= {"overspecification.base_model": config["overspecification"]["base_model"],
+              "chat.model": config["chat"]["model"]}
+    return {key: name for key, name in named.items() if name and name != "corpus_lm"}
+
+
+def expand_home(config: dict) -> None:
+    """`~` in a model setting, expanded once here: from_pretrained would take `~/m` for a hub id."""
+    def expand(name):
+        return str(Path(name).expanduser()) if isinstance(name, str) and name.startswith("~") else name
+
+    config["tokenizer"]["pretrained"] = expand(config["tokenizer"]["pretrained"])
+    config["corpus_lm"]["pretrained"] = [expand(n) for n in config["corpus_lm"]["pretrained"]]
+    config["overspecification"]["base_model"] = expand(config["overspecification"]["base_model"])
+    config["chat"]["model"] = expand(config["chat"]["model"])
+
+
+def check_model_paths(config: dict, base_dir: Path) -> None:
+    """A model setting written as a path must name a folder: planned as a hub id, it would
+    fail late offline (at the model's own job) and ask the hub for a repository online."""
+    for key, name in model_settings(config).items():
+        if is_path_by_form(name) and not _as_path(name, base_dir).is_dir():
+            raise ConfigError(f"invalid config key {key!r}: {name!r} is a path (not a hub id), and no folder "
+                              f"{str(_as_path(name, base_dir))!r} exists")
 
 
 def pretrained_models(config: dict) -> dict[str, str]:
