@@ -11,9 +11,13 @@ the middle size's deviation from that line, against the goals (<= 64 bytes a
 training token; <= 16 KB an evaluated position).
 
     .venv/bin/python benchmarks/job_costs.py [--tokens 25000] [--eval-tokens 16384] [--factor 4] [--write]
+    .venv/bin/python benchmarks/job_costs.py --search exact --eval-tokens 2048 --sizes 2 [--write]
 
---write replaces the `measured:` section of src/knnlm_limits/costs.yaml with the
-fitted values (comments and the `assumed:` section are kept).
+--write replaces the `measured:` section of src/knnlm_limits/costs/costs.yaml with the
+fitted values (comments and the `assumed:` section are kept). `--search exact` searches
+every datastore exactly (the default config's path: BLAS over blocks of the key file) and
+fits, from evaluation splits under one search batch, the bytes a neighbour of one batch
+costs beyond the modelled key block and per-position arrays; its --write sets only that.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ VOCAB = 4096
 TRAIN_GOAL, EVAL_GOAL = 64, 16 * 1024
 
 
-def config_for(results: Path, train_tokens: int, eval_tokens: int) -> dict:
+def config_for(results: Path, train_tokens: int, eval_tokens: int, search: str = "approximate") -> dict:
+    knn = {"k": K, "exact_max_keys": 1000, "approximate_index": "IVF64,PQ16", "nprobe": 4, "index_train_sample": 20000}
+    if search == "exact":
+        knn["exact_max_keys"] = 10**9
     return {
         "results": str(results),
         # synthetic lines hold about 70 tokens of a 4k BPE; the caps fix the sizes exactly
@@ -47,20 +54,19 @@ def config_for(results: Path, train_tokens: int, eval_tokens: int) -> dict:
                    "block_size": 128, "max_train_tokens": train_tokens,
                    "eval_tokens": {"valid": eval_tokens, "test": eval_tokens}},
         "tokenizer": {"vocab_size": VOCAB},
-        # the paper's path for a big datastore (IVF, approximate): exact search over the
-        # largest size would cost minutes of BLAS that measure nothing about memory
-        "knn": {"k": K, "exact_max_keys": 1000, "approximate_index": "IVF64,PQ16", "nprobe": 4,
-                "index_train_sample": 20000},
+        # by default the paper's path for a big datastore (IVF, approximate): exact search over
+        # the largest size would cost minutes of BLAS that measure nothing about memory
+        "knn": knn,
         "corpus_lm": {"shapes": [SHAPE], "train": {"checkpoints": [10], "batch_size": 16}},
         "table1": {"projection": {"tokens": 64, "steps": 20, "lbfgs_steps": 20, "batch": 64}},
     }
 
 
-def run(train_tokens: int, eval_tokens: int, workdir: Path) -> dict:
+def run(train_tokens: int, eval_tokens: int, workdir: Path, search: str = "approximate") -> dict:
     """{rule: (max_rss MB, seconds)} and the data sizes of one run."""
     results = workdir / f"n{train_tokens}" / "results"
     cfg = workdir / f"n{train_tokens}.yaml"
-    cfg.write_text(yaml.safe_dump(config_for(results, train_tokens, eval_tokens)))
+    cfg.write_text(yaml.safe_dump(config_for(results, train_tokens, eval_tokens, search)))
     cmd = [sys.executable, "-m", "snakemake", "all_table1", "--cores", "1", "--quiet", "--configfile", str(cfg)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -73,8 +79,9 @@ def run(train_tokens: int, eval_tokens: int, workdir: Path) -> dict:
             row = next(csv.DictReader(fh, delimiter="\t"))
         found[rule_of(rel)] = (float(row["max_rss"]), float(row["s"]))
     tokens = {s: len(np.load(results / "data/tokens" / f"corpus_{s}.npz")["tokens"]) for s in ("train", "valid", "test")}
-    knn = np.load(results / "knn/corpus_lm/4x128/step-10/mlp_input/test.npz")
-    return {"jobs": found, "tokens": tokens, "positions": len(knn["targets"])}
+    found_at = results / "knn/corpus_lm/4x128/step-10/mlp_input"
+    positions = {s: len(np.load(found_at / f"{s}.npz")["targets"]) for s in ("valid", "test")}
+    return {"jobs": found, "tokens": tokens, "positions": positions["test"], "biggest": max(positions.values())}
 
 
 def rule_of(rel: str) -> str:
@@ -115,6 +122,38 @@ def fit(runs: list[dict], rule: str):
     return slope, t_slope, (rss[0] - slope * units[0]) / 1e6, deviation
 
 
+def fit_exact_search(runs: list[dict]) -> float:
+    """Bytes per neighbour of one exact-search batch: the search job's peak RSS less the
+    modelled key block, per-position arrays and model, against the batch's neighbours (each
+    split under one search batch, so a batch is the biggest split)."""
+    from knnlm_limits.index import BLOCK_BYTES
+
+    d, rest, cells = SHAPE["n_embd"], [], []
+    for r in runs:
+        n_keys = r["tokens"]["train"]
+        k = min(K, n_keys)
+        block = min(n_keys, max(k, BLOCK_BYTES // (4 * d))) * d * 4
+        rss = r["jobs"]["knn_search"][0] * 2**20
+        rest.append(rss - block - r["biggest"] * (8 * k + 4 * d))
+        cells.append(r["biggest"] * k)
+    return (rest[-1] - rest[0]) / (cells[-1] - cells[0])
+
+
+def main_exact(args) -> None:
+    sizes = [args.tokens * args.factor**i for i in range(args.sizes)]
+    with tempfile.TemporaryDirectory(prefix="job-costs-") as tmp:
+        runs = [run(n, args.eval_tokens * n // args.tokens, Path(tmp), "exact") for n in sizes]
+    if any(r["biggest"] > costs.base.SEARCH_BATCH for r in runs):
+        sys.exit(f"an evaluation split is over one search batch ({costs.base.SEARCH_BATCH}): lower --eval-tokens")
+    b = fit_exact_search(runs)
+    for r in runs:
+        print(f"{r['tokens']['train']:,} keys, {r['biggest']:,} queries a batch: knn_search peak "
+              f"{r['jobs']['knn_search'][0]:.0f} MiB, {r['jobs']['knn_search'][1]:.1f} s")
+    print(f"\nexact search: {b:.1f} bytes a neighbour of one batch (beyond the key block and the per-position arrays)")
+    if args.write:
+        write_values({"exact_search_bytes_per_neighbour": round(max(0.0, b), 1)})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=25_000, help="training tokens of the smallest run")
@@ -124,7 +163,10 @@ def main():
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--sizes", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="write the fitted values into costs.yaml")
+    ap.add_argument("--search", choices=("approximate", "exact"), default="approximate")
     args = ap.parse_args()
+    if args.search == "exact":
+        return main_exact(args)
     sizes = [args.tokens * args.factor**i for i in range(args.sizes)]
     with tempfile.TemporaryDirectory(prefix="job-costs-") as tmp:
         runs = []
@@ -168,6 +210,11 @@ def write(fitted: dict, runs: list[dict]) -> None:
         "search_bytes_per_position": round(max(0.0, b["knn_search"] - 8 * K - 4 * SHAPE["n_embd"]), 1),
         "interpolation_overhead": round(max(b["knnlm_grid"], b["table1"]) / (8 * K), 2),
     })
+    write_values(measured)
+
+
+def write_values(measured: dict) -> None:
+    """Set these keys of costs.yaml's measured section, keeping its comments and the rest."""
     text = costs.COSTS_FILE.read_text(encoding="utf-8")
     head, rest = text.split("measured:\n", 1)
     body, tail = rest.split("\nassumed:", 1)

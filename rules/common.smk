@@ -319,8 +319,8 @@ def index_settings():
 
 
 def _job_estimate(rule_name, kind, uses_gpu, wildcards, facts=None):
-    """The cost model's estimate of one job (knnlm_limits/costs.py); facts(wildcards)
-    adds what the cost model needs that the wildcards do not say."""
+    """The cost model's estimate of one job (knnlm_limits/costs); facts(wildcards) adds
+    what the cost model needs that the wildcards do not say."""
     w = dict(wildcards.items()) | (facts(wildcards) if facts else {})
     if "name" in w and w["name"] in imported_models():
         w["source"] = imported_models()[w["name"]][0]
@@ -347,6 +347,7 @@ def res(kind, rule_name, gpu=True, facts=None):
         job = tuple(sorted(w.items()))
         if job not in estimates:
             estimates[job] = _job_estimate(rule_name, kind, uses_gpu, w, facts)
+            costs.record(rule_name, dict(w.items()), estimates[job])  # for `make plan`
         return estimates[job]
 
     def requested(w, attempt):
@@ -360,11 +361,6 @@ def res(kind, rule_name, gpu=True, facts=None):
         "mem_mb": lambda w, attempt: requested(w, attempt)["mem_mb"],
         "runtime": lambda w, attempt: requested(w, attempt)["runtime"],
         "slurm_partition": partition,
-        # the estimate itself, for `make plan` to set beside the request (no scheduler reads these)
-        **{
-            f"est_{name}": (lambda w, name=name: costs.as_resources(estimate(w))[name])
-            for name in costs.ESTIMATE_FIELDS
-        },
     }
     if uses_gpu:
         out["gpu"] = caps["gpus"]

@@ -23,9 +23,11 @@ def test_model_size_counts_the_parameters_a_model_has():
 
 @pytest.mark.parametrize("factory, dim", [("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32)])
 def test_ivf_shape_matches_faiss(factory, dim):
+    from knnlm_limits.costs.index import ivf_shape
+
     index = faiss.index_factory(dim, factory)
     ivf = faiss.extract_index_ivf(index)
-    assert costs._ivf_shape(factory, dim) == (ivf.nlist, ivf.code_size)
+    assert ivf_shape(factory, dim) == (ivf.nlist, ivf.code_size)
 
 
 def test_estimates_grow_with_the_data_and_not_otherwise():
@@ -98,9 +100,10 @@ def test_plan_flags_a_request_below_its_estimate_and_a_group_over_its_partition(
 
 def test_a_group_is_flagged_when_its_jobs_add_up_past_the_partition():
     config = validate({"cluster": {"partitions": [{"name": "gpu", "max_runtime": 100, "gpu_mem_mb": 1}]}})
-    res = {"slurm_partition": "gpu", "est_known": "1", "runtime": "60", "mem_mb": "10", "est_mem_mb": "1", "est_runtime": "1"}
-    jobs = [plan.Job("train", "seed=0", 1, res, "run"), plan.Job("eval", "seed=0", 1, res, "run"),
-            plan.Job("train", "seed=1", 1, res, None)]
+    res = {"slurm_partition": "gpu", "runtime": "60", "mem_mb": "10"}
+    est = {"known": True, "mem_mb": 1, "minutes": 1, "gpu_mem_mb": 0, "disk_mb": 0}
+    jobs = [plan.Job("train", "seed=0", 1, res, "run", estimate=est), plan.Job("eval", "seed=0", 1, res, "run", estimate=est),
+            plan.Job("train", "seed=1", 1, res, None, estimate=est)]
     plan.check(jobs, config)
     assert [j.flags for j in jobs] == [["group>partition"], ["group>partition"], []]
 
@@ -110,7 +113,8 @@ def test_parse_dry_run_reads_groups_threads_and_resources():
 [Wed Dec  2 13:32:52 2026]
 rule corpus:
     output: a.txt
-    resources: tmpdir=/tmp, runtime=17, slurm_partition=cpu, est_known=1, est_mem_mb=7, mem_mb=8000
+    benchmark: r/benchmarks/corpus.tsv
+    resources: tmpdir=/tmp, runtime=17, slurm_partition=cpu, mem_mb=8000
 [Wed Dec  2 13:32:52 2026] Group job run (jobs in lexicogr. order):
 
     [Wed Dec  2 13:32:52 2026]
@@ -124,4 +128,36 @@ rule all:
 """
     jobs = plan.parse_dry_run(text)
     assert [(j.rule, j.group, j.threads, j.wildcards) for j in jobs] == [("corpus", None, 1, ""), ("train", "run", 8, "seed=0")]
-    assert jobs[0].r("est_mem_mb") == 7 and jobs[1].r("gpu") == 1 and jobs[0].r("slurm_partition") == "cpu"
+    assert jobs[0].r("mem_mb") == 8000 and jobs[1].r("gpu") == 1 and jobs[0].r("slurm_partition") == "cpu"
+    assert jobs[0].benchmark == "r/benchmarks/corpus.tsv" and jobs[1].key == ("train", (("seed", "0"),))
+
+
+def _job_with_benchmark(tmp_path, rss_mib: float, seconds: float) -> plan.Job:
+    bench = tmp_path / "job.tsv"
+    bench.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                     f"{seconds}\t0:00:01\t{rss_mib}\t0\t0\t0\t0\t0\t0\t0\n")
+    return plan.Job("knn_search", "key=k", 1, {"mem_mb": "1000", "runtime": "5"}, None, benchmark=str(bench))
+
+
+def test_measured_flags_a_job_that_used_more_than_its_request(tmp_path):
+    """Snakemake's max_rss is MiB, requests are MB: 953 MiB fits 1000 MB, 955 MiB does not."""
+    assert plan.measured([_job_with_benchmark(tmp_path, 953, 299)])[0]["flags"] == ""
+    assert plan.measured([_job_with_benchmark(tmp_path, 955, 10)])[0]["flags"] == "rss>req"
+    assert plan.measured([_job_with_benchmark(tmp_path, 100, 301)])[0]["flags"] == "time>req"
+
+
+TINY_WITHOUT_FLOORS = "resources={" + ", ".join(
+    f"{kind}: {{min_mem_mb: 1, min_runtime: 1}}" for kind in ("small", "train", "embed", "index")) + "}"
+
+
+@pytest.mark.workflow
+def test_every_tiny_job_used_no_more_than_its_request(tiny_runs):
+    """Every job of the tiny DAG against its benchmark file: peak RSS and wall time within the
+    request the cost model makes for it, the floors taken away (at this size every request
+    would otherwise sit on its floor and say nothing of the model)."""
+    jobs = plan.planned_jobs([".tests/config.yaml"], [f"results={tiny_runs[0]}", TINY_WITHOUT_FLOORS])
+    rows = plan.measured(jobs)
+    assert len(rows) == len(jobs)  # every job of the run has its benchmark file
+    over = [(r["rule"], r["wildcards"], r["rss_mb"], r["req_mem_mb"], r["minutes"], r["req_minutes"])
+            for r in rows if r["flags"]]
+    assert not over

@@ -213,7 +213,9 @@ def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYT
         for sub in range(0, m, WIDEN_ROWS):
             block[sub : min(m, sub + WIDEN_ROWS)] = keys[start + sub : start + min(m, sub + WIDEN_ROWS)]
         dists, ids = faiss.knn(queries, block[:m], min(k, m))
-        heap.add_result(dists, ids + start)
+        ids += start  # in place: a second (N, k) int64 array would raise the batch's peak
+        heap.add_result(dists, ids)
+        del dists, ids
     heap.finalize()
     return heap.D, heap.I
 

@@ -129,7 +129,7 @@ class NpyWriter:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.shape[1:]:
             raise ValueError(f"{self.fh.name}: rows of shape {rows.shape[1:]}, the file's are {self.shape[1:]}")
-        self.fh.write(rows.tobytes())
+        self.fh.write(rows.reshape(-1).view(np.uint8))  # the array's own bytes, not a copy (tobytes)
         self.rows += len(rows)
 
     def __enter__(self):

@@ -3,10 +3,11 @@
     python -m knnlm_limits.plan --configfile config/paper.yaml [--csv plan.csv] [other snakemake args]
 
 Runs ``snakemake -n`` with the given arguments and reads each job's rule,
-wildcards, threads and resources from it: the request (``mem_mb``, ``runtime``,
-``gpu``, ``slurm_partition``) and the cost model's estimate (``est_*``, see
-knnlm_limits/costs.py). Prints one line per job, the totals (disk written,
-GPU-hours, CPU-hours) and every flag:
+wildcards, threads, benchmark file and request (``mem_mb``, ``runtime``, ``gpu``,
+``slurm_partition``) from it; the cost model's estimate of each job (knnlm_limits/costs)
+comes from the same dry run, through the file named by ``costs.ESTIMATES_FILE``
+(Snakemake prints only the resources a scheduler reads). Prints one line per job,
+the totals (disk written, GPU-hours, CPU-hours) and every flag:
 
 - ``mem>req`` / ``time>req``: the estimate exceeds what the job asks for (its cap in
   ``resources.<kind>`` is too low: it would be killed);
@@ -17,20 +18,29 @@ GPU-hours, CPU-hours) and every flag:
 - ``unknown``: a size the config does not give (set ``corpus.expected_tokens``).
 
 Exit status 1 if any job is flagged, so a script can refuse to submit.
+
+``measured(jobs)`` sets each job's request beside what a finished run of it used (its
+benchmark file): benchmarks/requests_cover.py, and a test on the tiny DAG.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import math
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import costs
 from .config import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +53,27 @@ class Job:
     threads: int
     resources: dict
     group: str | None
+    benchmark: str | None = None
+    estimate: dict | None = None  # costs.record's row of this job
     flags: list[str] = field(default_factory=list)
 
     def r(self, name: str, default=0):
         value = self.resources.get(name, default)
         return int(value) if isinstance(value, str) and value.isdigit() else value
+
+    @property
+    def key(self) -> tuple:
+        """(rule, wildcards) as costs.record writes them."""
+        pairs = (item.split("=", 1) for item in self.wildcards.split(", ") if "=" in item)
+        return self.rule, tuple(sorted((k, v) for k, v in pairs))
+
+    @property
+    def known(self) -> bool:
+        return bool(self.estimate and self.estimate["known"])
+
+    def est(self, name: str):
+        """The estimate's `name` (mem_mb, minutes, gpu_mem_mb, disk_mb), whole as requests are; None if unknown."""
+        return math.ceil(self.estimate[name]) if self.known else None
 
 
 _RULE = re.compile(r"^\s*(?:local)?rule (\w+):\s*$")
@@ -72,6 +98,8 @@ def parse_dry_run(text: str) -> list[Job]:
         key, _, value = line.strip().partition(": ")
         if key == "wildcards":
             current.wildcards = value
+        elif key == "benchmark":
+            current.benchmark = value
         elif key == "threads":
             current.threads = int(value)
         elif key == "resources":
@@ -95,22 +123,32 @@ def merged_config(configfiles: list[str], overrides: list[str]) -> dict:
     return validate(config, base_dir=ROOT)
 
 
+def attach_estimates(jobs: list[Job], path) -> None:
+    """Give each job its estimate from the rows costs.record wrote while the dry run planned it."""
+    rows = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        rows[(row["rule"], tuple(sorted(row["wildcards"].items())))] = row
+    for job in jobs:
+        job.estimate = rows.get(job.key)
+
+
 def check(jobs: list[Job], config: dict) -> None:
     """Flag each job whose request cannot hold its estimate or that no partition can run."""
     parts = {p["name"]: p for p in config["cluster"]["partitions"]}
     for job in jobs:
         part = parts.get(job.r("slurm_partition", ""))
-        if not job.r("est_known"):
+        if not job.known:
             job.flags.append("unknown")
         else:
-            if job.r("est_mem_mb") > job.r("mem_mb"):
+            if job.est("mem_mb") > job.r("mem_mb"):
                 job.flags.append("mem>req")
-            if job.r("est_runtime") > job.r("runtime"):
+            if job.est("minutes") > job.r("runtime"):
                 job.flags.append("time>req")
         if part is not None:
             if job.r("runtime") > part["max_runtime"]:
                 job.flags.append("time>partition")
-            if job.r("gpu") and job.r("est_gpu_mem_mb") > part["gpu_mem_mb"]:
+            if job.r("gpu") and job.known and job.est("gpu_mem_mb") > part["gpu_mem_mb"]:
                 job.flags.append("gpu_mem>partition")
     by_group = defaultdict(list)
     for job in jobs:
@@ -135,14 +173,12 @@ def _gb(mb: float) -> str:
 def table(jobs: list[Job]) -> list[dict]:
     rows = []
     for job in jobs:
-        known = bool(job.r("est_known"))
         rows.append({
             "rule": job.rule, "wildcards": job.wildcards, "group": job.group or "",
             "partition": job.r("slurm_partition", ""), "threads": job.threads, "gpus": job.r("gpu"),
-            "est_mem_mb": job.r("est_mem_mb") if known else None, "req_mem_mb": job.r("mem_mb"),
-            "est_gpu_mem_mb": job.r("est_gpu_mem_mb") if known else None,
-            "est_disk_mb": job.r("est_disk_mb") if known else None,
-            "est_minutes": job.r("est_runtime") if known else None, "req_minutes": job.r("runtime"),
+            "est_mem_mb": job.est("mem_mb"), "req_mem_mb": job.r("mem_mb"),
+            "est_gpu_mem_mb": job.est("gpu_mem_mb"), "est_disk_mb": job.est("disk_mb"),
+            "est_minutes": job.est("minutes"), "req_minutes": job.r("runtime"),
             "flags": " ".join(job.flags),
         })
     return rows
@@ -173,23 +209,61 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def planned_jobs(configfiles: list[str], overrides: list[str], rest: list[str] = ()) -> list[Job]:
+    """Every job of the config's whole DAG (a forced dry run), with its estimate; the dry
+    run's printout on failure as a RuntimeError."""
+    # many cores: a dry run caps each job's threads at --cores, and the plan is for a cluster
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "4096", *rest]
+    if configfiles:
+        cmd += ["--configfile", *configfiles]
+    if overrides:
+        cmd += ["--config", *overrides]
+    with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
+        estimates = Path(tmp) / "estimates.jsonl"
+        estimates.touch()
+        env = {**os.environ, costs.ESTIMATES_FILE: str(estimates)}
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+        jobs = parse_dry_run(proc.stdout)
+        attach_estimates(jobs, estimates)
+    return jobs
+
+
+MIB = 2**20 / 1e6  # Snakemake's benchmark max_rss is in MiB; requests are in MB
+
+
+def measured(jobs: list[Job]) -> list[dict]:
+    """Each job's request beside what its finished run used (its benchmark file): peak RSS
+    in MB and wall minutes, flagged `rss>req` / `time>req` where it used more. Jobs with no
+    benchmark file yet are left out."""
+    rows = []
+    for job in jobs:
+        if not job.benchmark or not Path(job.benchmark).is_file():
+            continue
+        with open(job.benchmark) as fh:
+            bench = next(csv.DictReader(fh, delimiter="\t"))
+        rss = float(bench["max_rss"]) * MIB if bench["max_rss"] not in ("", "NA", "-") else 0.0
+        minutes = float(bench["s"]) / 60
+        flags = [f for f, over in (("rss>req", rss > job.r("mem_mb")), ("time>req", minutes > job.r("runtime"))) if over]
+        rows.append({"rule": job.rule, "wildcards": job.wildcards, "rss_mb": round(rss, 1),
+                     "req_mem_mb": job.r("mem_mb"), "est_mem_mb": job.est("mem_mb"),
+                     "minutes": round(minutes, 3), "req_minutes": job.r("runtime"), "est_minutes": job.est("minutes"),
+                     "flags": " ".join(flags)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", nargs="+", default=[])
     parser.add_argument("--config", nargs="+", default=[])
     parser.add_argument("--csv", help="also write the table as CSV here")
     args, rest = parser.parse_known_args(argv)
-    # many cores: a dry run caps each job's threads at --cores, and the plan is for a cluster
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "4096", *rest]
-    if args.configfile:
-        cmd += ["--configfile", *args.configfile]
-    if args.config:
-        cmd += ["--config", *args.config]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
-        return proc.returncode
-    jobs = parse_dry_run(proc.stdout)
+    try:
+        jobs = planned_jobs(args.configfile, args.config, rest)
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 2
     check(jobs, merged_config(args.configfile, args.config))
     rows = table(jobs)
     print(report(rows))

@@ -1,0 +1,198 @@
+"""What every stage's cost is made of: the Estimate, the per-unit costs file, the data
+sizes a config gives, and the shared per-unit formulas (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import yaml
+
+COSTS_FILE = Path(__file__).with_name("costs.yaml")
+MB = 1e6
+SEARCH_BATCH = 16_384  # queries searched at a time (index.Searcher.batches)
+
+
+@lru_cache(maxsize=None)
+def table(path: str = str(COSTS_FILE)) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def measured() -> dict:
+    return table()["measured"]
+
+
+def assumed() -> dict:
+    return table()["assumed"]
+
+
+@dataclass
+class Estimate:
+    """One job's expected peak host RSS, GPU memory, bytes written and wall time."""
+
+    mem_mb: float | None
+    minutes: float | None
+    gpu_mem_mb: float = 0.0
+    disk_mb: float = 0.0
+    uses_gpu: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        return self.mem_mb is not None and self.minutes is not None
+
+
+def unknown(why: str, uses_gpu: bool = False) -> Estimate:
+    return Estimate(None, None, uses_gpu=uses_gpu, notes=[why])
+
+
+# ---------------------------------------------------------------- data sizes from the config
+
+
+def split_tokens(config: dict, split: str) -> int | None:
+    """Tokens of a corpus split as the workflow will hold them: the cap, else the expected size."""
+    corpus = config["corpus"]
+    cap = corpus["max_train_tokens"] if split == "train" else corpus["eval_tokens"][split]
+    expected = (corpus.get("expected_tokens") or {}).get(split)
+    known = [n for n in (cap, expected) if n]
+    return min(known) if known else None
+
+
+def _model_config(name_or_path: str, base_dir: Path | None) -> dict | None:
+    """A hub id's or local folder's architecture: its config.json, or costs.yaml's table."""
+    path = Path(name_or_path)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return table()["known_models"].get(name_or_path)
+
+
+def model_size(spec: dict) -> dict:
+    """{params, d, layers, vocab} of a model config (HF config.json names, or a shape)."""
+    d = spec.get("n_embd") or spec.get("hidden_size")
+    layers = spec.get("n_layer") or spec.get("num_hidden_layers")
+    vocab = spec.get("vocab_size")
+    if spec.get("params"):
+        return {"params": float(spec["params"]), "d": d, "layers": layers, "vocab": vocab}
+    ff = spec.get("intermediate_size") or spec.get("n_inner") or 4 * d
+    gated = "intermediate_size" in spec  # Llama family: gate, up and down projections
+    per_layer = 4 * d * d + (3 if gated else 2) * d * ff
+    head = vocab * d * (1 if spec.get("tie_word_embeddings", True) else 2)
+    return {"params": float(layers * per_layer + head), "d": d, "layers": layers, "vocab": vocab}
+
+
+def vocab_size(config: dict, base_dir: Path | None = None) -> int:
+    pretrained = config["tokenizer"]["pretrained"]
+    if pretrained:
+        spec = _model_config(pretrained, base_dir)
+        if spec and spec.get("vocab_size"):
+            return int(spec["vocab_size"])
+    return int(config["tokenizer"]["vocab_size"])
+
+
+def shape_size(config: dict, shape: dict, base_dir: Path | None = None) -> dict:
+    return model_size({**shape, "vocab_size": vocab_size(config, base_dir)})
+
+
+def named_model_size(config: dict, name: str, base_dir: Path | None = None) -> dict | None:
+    """Size of a model the config names ('corpus_lm' = the first corpus LM, else a hub id or path)."""
+    if name == "corpus_lm":
+        shapes = config["corpus_lm"]["shapes"]
+        if shapes:
+            return shape_size(config, shapes[0], base_dir)
+        name = config["corpus_lm"]["pretrained"][0]
+    spec = _model_config(name, base_dir)
+    return model_size(spec) if spec else None
+
+
+@dataclass
+class Job:
+    """What a stage's cost function knows of one job: its rule, the config, its wildcards (and
+    the facts its rule adds to them), its threads and whether it holds a GPU."""
+
+    rule: str
+    config: dict
+    wildcards: dict
+    threads: int = 1
+    uses_gpu: bool = False
+    base_dir: Path | None = None
+
+    @cached_property
+    def train(self) -> int | None:
+        return split_tokens(self.config, "train")
+
+    @cached_property
+    def valid(self) -> int | None:
+        return split_tokens(self.config, "valid")
+
+    @cached_property
+    def test(self) -> int | None:
+        return split_tokens(self.config, "test")
+
+    def shape(self, section: str, name: str) -> dict:
+        return shape_size(self.config, next(s for s in self.config[section]["shapes"] if s["name"] == name),
+                          self.base_dir)
+
+    def corpus_model_size(self) -> dict | None:
+        """The size of the corpus LM of a scale point (wildcard model), or of an imported model (source)."""
+        model = self.wildcards.get("model", "")
+        if model.startswith("corpus_lm/"):
+            return self.shape("corpus_lm", model.split("/", 1)[1])
+        return named_model_size(self.config, self.wildcards.get("source") or model, self.base_dir)
+
+    def named_size(self, name: str) -> dict | None:
+        return named_model_size(self.config, name, self.base_dir)
+
+
+# ---------------------------------------------------------------- shared per-unit formulas
+
+
+def seconds(flops: float, uses_gpu: bool, threads: int) -> float:
+    if uses_gpu:
+        return flops / assumed()["gpu_flops"]
+    return flops / (measured()["cpu_flops_per_thread"] * max(1, threads))
+
+
+def forward_seconds(size: dict, tokens: float, uses_gpu: bool, threads: int) -> float:
+    return seconds(2 * size["params"] * tokens, uses_gpu, threads)
+
+
+def gpu_resident(size: dict, batch_tokens: int, uses_gpu: bool) -> float:
+    """GPU MB of a model in float32 and the activations of one batch."""
+    if not uses_gpu:
+        return 0.0
+    act = batch_tokens * size["d"] * assumed()["activation_bytes_per_token_layer_dim"]
+    return (size["params"] * 4 + act) / MB
+
+
+def positions_bytes(config: dict) -> float:
+    """Bytes a job holds per evaluated position: its k neighbour distances (float32) and values (int32)."""
+    return 8.0 * config["knn"]["k"]
+
+
+def window_factor(config: dict) -> float:
+    block = config["corpus"]["block_size"]
+    stride = config["corpus"]["stride"] or block
+    return block / stride  # each token is run through the model this many times
+
+
+def small_job() -> Estimate:
+    """Seconds of work on small tables (figures, findings, Macondo's text)."""
+    return Estimate(measured()["light_process_mb"] + measured()["small_job_mb"], measured()["small_job_minutes"])
+
+
+# ---------------------------------------------------------------- each stage's cost, by rule
+
+ESTIMATORS: dict = {}  # rule name -> cost function of a Job
+
+
+def cost(*rules: str):
+    """Register a stage's cost function for the rules it prices."""
+    def register(fn):
+        for rule in rules:
+            ESTIMATORS[rule] = fn
+        return fn
+    return register

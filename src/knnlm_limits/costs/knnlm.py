@@ -1,0 +1,51 @@
+"""Cost of the kNN-LM search (rules/knnlm.smk): the LM over the evaluation splits, then each
+position's k neighbours, one split after the other, SEARCH_BATCH queries at a time."""
+
+from ..index import BLOCK_BYTES, EXACT_KINDS, choose
+from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, measured,
+                   seconds, unknown, window_factor)
+from .index import ivf_shape
+
+
+def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: str, threads: int,
+           rerank: bool = False) -> tuple[float, float]:
+    """(MB beyond the process, seconds) of searching `queries` queries (at most `biggest` held
+    at once) among n_keys keys of width d through an index of `kind`.
+
+    Held: the biggest split's k neighbour distances and values (8 bytes each) and queries,
+    and one batch's temporaries; exact search adds its float32 key block (index.exact_search).
+    """
+    m, k = measured(), min(config["knn"]["k"], n_keys)
+    batch = min(SEARCH_BATCH, biggest)
+    mem = biggest * (8 * k + 4 * d + m["search_bytes_per_position"]) / MB
+    if kind in EXACT_KINDS:
+        block_rows = min(n_keys, max(k, BLOCK_BYTES // (4 * d)))
+        mem += (block_rows * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
+        secs = seconds(2 * queries * n_keys * d, False, threads)
+        return mem, secs
+    nlist, code = ivf_shape(kind, d)
+    mem += n_keys * (code + (8 if nlist > 1 else 0)) / MB  # the index is read whole
+    mem += batch * k * m["approximate_search_bytes_per_neighbour"] / MB
+    scanned = queries * n_keys * min(1.0, config["knn"]["nprobe"] / nlist)
+    secs = scanned * code * m["pq_seconds_per_code_byte"] / max(1, threads)
+    if rerank:
+        secs += queries * k * assumed()["random_read_seconds"] / max(1, threads)
+    return mem, secs
+
+
+@cost("knn_search")
+def knn_search(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("split or datastore size unknown", job.uses_gpu)
+    knn, d = job.config["knn"], size["d"]
+    kind = choose(n_keys, knn)
+    queries = valid + test
+    mem, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, knn["rerank"])
+    mem += measured()["process_mb"] + size["params"] * 4 / MB
+    secs += forward_seconds(size, queries * window_factor(job.config), job.uses_gpu, job.threads)
+    if kind not in EXACT_KINDS:  # the sampled test queries searched exactly too (search_fidelity)
+        secs += seconds(2 * min(knn["fidelity_queries"], test) * n_keys * d, False, job.threads)
+    k = min(knn["k"], n_keys)
+    disk = queries * 8 * k / MB + test * 8 * k / MB + queries * 4 * d / MB  # neighbours; test ids; queries
+    return Estimate(mem, secs / 60, gpu_resident(size, knn["batch_tokens"], job.uses_gpu), disk, job.uses_gpu)
