@@ -6,7 +6,7 @@ CORES ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: workflow test setup dry-run plan report lint rehearsal-models rehearsal unlock
+.PHONY: workflow test setup dry-run plan report lint rehearsal-models rehearsal unlock gpu-check
 
 workflow: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) $(ARGS)
@@ -38,6 +38,11 @@ rehearsal: rehearsal-models
 # After a killed run Snakemake refuses to start ("Directory cannot be locked"): release the lock.
 unlock: $(VENV)/.installed
 	$(VENV)/bin/snakemake --unlock $(ARGS)
+
+# One command that checks a GPU: training, embedding and FAISS throughput and peak GPU memory
+# beside the cost model's assumed GPU terms (benchmarks/gpu_check.py; a toy run on a CPU).
+gpu-check: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/gpu_check.py $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/snakemake --lint $(ARGS)
