@@ -49,6 +49,8 @@ rule train_corpus_lm:
         block_size=config["corpus"]["block_size"],
         n_positions=config["corpus"]["block_size"],
         drop_last_mlp=False,
+        # its checkpoints hold the optimizer state the memory's more-training control continues from
+        keep_optimizer=True,
         work_dir=lambda w: work_dir(f"corpus_lm/{w.shape}"),
     script:
         "../scripts/train.py"

@@ -14,7 +14,7 @@ with logged(snakemake) as log:
     shape = {k: v for k, v in p.shape.items() if k != "name"}
     lm = model.build_model(vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
                            eos_token_id=tok.eos_token_id, seed=p.seed, **shape).to(model.best_device())
-    settings = train.TrainSettings(**p.train, seed=p.seed)
+    settings = train.TrainSettings(**p.train, seed=p.seed, keep_optimizer=p.get("keep_optimizer", False))
     # the outputs are one folder per checkpoint, in the order of the config's list (ckpt_dirs)
     out_dirs = dict(zip(settings.checkpoints, snakemake.output, strict=True))
     train.train(lm, examples, settings, out_dirs, p.work_dir, log=log)

@@ -1,5 +1,8 @@
 """Training stage: a lean, resumable training loop for any causal LM on any Examples.
 
+``run`` is the loop itself, for any model with a step -> loss function (the parametric
+memory of ``memory_mlp.py`` trains through it too); ``train`` is it for a causal LM.
+
 Determinism and resumption come from one rule: everything step s does (its
 batch, its dropout noise, its learning rate) is a function of (seed, s) alone.
 Resumable state therefore needs only the weights and the optimizer state.
@@ -77,6 +80,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     save_every: int | None = None  # resumable state every this many steps (and at checkpoints)
     seed: int = 0
+    keep_optimizer: bool = False  # each checkpoint also holds optimizer.pt (training can continue from it)
 
     @property
     def total_steps(self) -> int:
@@ -181,16 +185,32 @@ def _optimizer(model, s: TrainSettings):
     )
 
 
-def fingerprint(model, examples: Examples, s: TrainSettings) -> str:
-    """What a resumable state must have been made from: settings, seed, examples, initial model."""
+@dataclass
+class Start:
+    """Where a run that continues another begins: its step and optimizer state (the weights
+    are the model's own). The run's steps after it are those the other run would have taken."""
+
+    step: int
+    optimizer: dict
+
+
+def fingerprint(model, data, s: TrainSettings, start: Start | None = None) -> str:
+    """What a resumable state must have been made from: settings, seed, data (Examples, or
+    the arrays that stand for it), initial model and the step it starts from."""
     digest = hashlib.blake2b(digest_size=16)
-    settings = {k: v for k, v in asdict(s).items() if k != "save_every"}  # how often, not what
+    how = ("save_every", "keep_optimizer")  # how often and what else is saved, not what is trained
+    settings = {k: v for k, v in asdict(s).items() if k not in how}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(type(model).__name__.encode())
     digest.update(model.config.to_json_string(use_diff=True).encode())
+    if start is not None:
+        digest.update(f"start {start.step}".encode())
+    if isinstance(data, Examples):
+        data = (data.tokens, data.starts, data.sizes, data.score_start)
     # memoryviews, not tobytes(): hashing the training stream must not copy it
-    for array in (examples.tokens, examples.starts, examples.sizes, examples.score_start):
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    for array in data:
+        array = np.ascontiguousarray(array)
+        digest.update(memoryview(array.reshape(-1).view(np.uint8)))
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(memoryview(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()))
@@ -273,8 +293,9 @@ def _load_weights(model, weights: dict, source: Path) -> None:
     model.tie_weights()
 
 
-def _resume(model, optimizer, work_dir: Path, run_id: str, s: TrainSettings, log) -> int:
-    """Restore the newest state in work_dir made by this very run; the step to start from."""
+def _resume(model, optimizer, work_dir: Path, run_id: str, s: TrainSettings, log, start: Start | None = None) -> int:
+    """Restore the newest state in work_dir made by this very run; the step to start from
+    (with none, `start`'s step and optimizer state, or step 0)."""
     for c in s.checkpoints:  # a kill's debris; a missing checkpoint's aside copy comes back
         io.recover(work_dir / f"step-{c}")
     chosen, why = _pick_state(work_dir, run_id, s, device_of(model))
@@ -285,7 +306,10 @@ def _resume(model, optimizer, work_dir: Path, run_id: str, s: TrainSettings, log
             # a kill midway is harmless: removing files never makes a work_dir resumable
             shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
-        return 0
+        if start is None:
+            return 0
+        optimizer.load_state_dict(start.optimizer)
+        return start.step
     folder, step, weights, optim = chosen
     if state in why:
         print(f"discarding {state}: {why[state]}; falling back to its copy of step {step}", file=log, flush=True)
@@ -321,33 +345,54 @@ def _publish(work_dir: Path, out_dirs: dict[int, str]) -> None:
     shutil.rmtree(work_dir)
 
 
-def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str], work_dir, log=None) -> None:
+def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str], work_dir, log=None,
+          start: Start | None = None) -> None:
     """Train `model` on `examples`, writing the checkpoint of each step in out_dirs."""
-    work_dir = Path(work_dir)
-    if sorted(out_dirs) != sorted(set(s.checkpoints)):
-        raise ValueError("out_dirs must name one folder per checkpoint step")
     check_context(model, examples, "training examples")
-    model.float()  # float32 master weights, whatever the checkpoint's dtype
-    device = device_of(model)
-    run_id = fingerprint(model, examples, s)
-    optimizer = _optimizer(model, s)
-    start = _resume(model, optimizer, work_dir, run_id, s, log)
-    if start == 0 and 0 in s.checkpoints:
-        with io.atomic_path(work_dir / "step-0") as tmp:
-            model.save_pretrained(tmp)
 
-    model.train()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(range(start, s.total_steps), initial=start, total=s.total_steps, file=log, mininterval=5, desc="train")
-    for step in bar:
-        torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
+    def loss_at(step: int) -> torch.Tensor:
         idx = batch_indices(step, len(examples), s)
         ids, _ = pad_batch(examples, idx)
         scored = scored_mask(examples, idx, ids.size(1))
+        device = device_of(model)
+        return lm_loss(model, ids.to(device), scored.to(device))
+
+    run(model, s, out_dirs, work_dir, loss_at, examples, log, start)
+
+
+def _save_checkpoint(model, optimizer, folder: Path, s: TrainSettings) -> None:
+    with io.atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        if s.keep_optimizer:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+
+
+def run(model, s: TrainSettings, out_dirs: dict[int, str], work_dir, loss_at, data, log=None,
+        start: Start | None = None, desc: str = "train") -> None:
+    """The resumable loop: step by step, loss_at(step) backpropagated and AdamW applied, the
+    checkpoint of each step in out_dirs written. `data` (Examples, or arrays that stand for
+    the data) goes into the run's fingerprint; loss_at must be a function of the step alone."""
+    work_dir = Path(work_dir)
+    if sorted(out_dirs) != sorted(set(s.checkpoints)):
+        raise ValueError("out_dirs must name one folder per checkpoint step")
+    model.float()  # float32 master weights, whatever the checkpoint's dtype
+    device = device_of(model)
+    run_id = fingerprint(model, data, s, start)
+    optimizer = _optimizer(model, s)
+    first = _resume(model, optimizer, work_dir, run_id, s, log, start)
+    begin = start.step if start is not None else 0
+    if first == begin and begin in s.checkpoints:
+        _save_checkpoint(model, optimizer, work_dir / f"step-{begin}", s)
+
+    model.train()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(range(first, s.total_steps), initial=first, total=s.total_steps, file=log, mininterval=5, desc=desc)
+    for step in bar:
+        torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
         with autocast:
-            loss = lm_loss(model, ids.to(device), scored.to(device))
+            loss = loss_at(step)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -358,13 +403,12 @@ def train(model, examples: Examples, s: TrainSettings, out_dirs: dict[int, str],
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
         if done in s.checkpoints:
-            with io.atomic_path(work_dir / f"step-{done}") as tmp:
-                model.save_pretrained(tmp)
+            _save_checkpoint(model, optimizer, work_dir / f"step-{done}", s)
         if s.saves_state_after(done) and done < s.total_steps:
             _save_state(model, optimizer, done, run_id, work_dir)
     bar.close()
     model.eval()
     # The finished run is a state too: a job killed while publishing resumes here.
-    if start < s.total_steps:
+    if first < s.total_steps:
         _save_state(model, optimizer, s.total_steps, run_id, work_dir)
     _publish(work_dir, out_dirs)
