@@ -166,3 +166,11 @@ def test_datastore_and_knnlm_for_every_family(arch, key, tmp_path):
     assert (found.dists[:, 0] < 1e-3).all()  # each evaluated context is in the datastore
     assert (found.nbr_values[:, 0] == found.targets).mean() > 0.9  # ties of equal contexts aside
     assert (knnlm.knnlm_logprob(found, 0.5, 1.0) > found.lm_logprob).mean() > 0.9
+
+
+def test_ivf_pq_indexes_skip_polysemous_training():
+    """The factory would train IVF-PQ codes for Hamming filtering no search here uses (8x the
+    training time, the same neighbours)."""
+    keys = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    built = index.build(keys, "IVF8,PQ4", train_sample=3000)
+    assert not faiss.downcast_index(faiss.extract_index_ivf(built)).do_polysemous_training

@@ -142,12 +142,25 @@ def _reserve_codes(index, n: int) -> None:
         index.codes.resize(0)
 
 
+def _without_polysemous_training(index) -> None:
+    """FAISS's factory trains an IVF-PQ's codes for polysemous (Hamming) filtering, which no
+    search here uses: measured on the default datastore, IVF256,PQ16 trained in 30.4 s with
+    it and 3.8 s without, to the same neighbours and distances."""
+    try:
+        inner = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:  # not an IVF index
+        inner = faiss.downcast_index(index)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
 def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
           chunk: int = 16_384, log=None) -> faiss.Index:
     """A FAISS index of `keys` (a .npy path, read in chunks, or an array)."""
     keys = _rows(keys)
     n, dim = keys.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    _without_polysemous_training(index)
     if not index.is_trained:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=min(train_sample, n), replace=False))
         index.train(np.asarray(keys[rows], dtype=np.float32))
