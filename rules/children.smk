@@ -31,7 +31,7 @@ rule children_eval:
         **res("embed", "children_eval", facts=macondo_run),
     params:
         steps=lambda w: sorted(config[w.experiment]["train"]["checkpoints"]),
-        # LM-only runs read no kNN setting (nor the sentences)
-        knn=lambda w: knn_settings() if macondo_run(w)["knn"] else None,
+        # LM-only runs read no kNN setting (nor the sentences); Figure 2's also their memory's
+        knn=macondo_search,
     script:
         "../scripts/children.py"

@@ -19,6 +19,7 @@ from pathlib import Path
 from knnlm_limits import costs
 from knnlm_limits.config import pretrained_models
 from knnlm_limits.families import KEY_KINDS
+from knnlm_limits.memory import OBJECTIVES, memory_name
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -47,6 +48,9 @@ wildcard_constraints:
     split=r"train|valid|test",
     variant=r"full|no_last_mlp",
     seed=r"\d+",
+    expansion=r"\d+",
+    objective="|".join(OBJECTIVES),
+    code=r"\d+",
 
 
 def canon(value):
@@ -135,6 +139,15 @@ def knn_ids_file(model, step, key):
 def knn_exact_sample(model, step, key):
     """Exact neighbours of sampled test queries where the index is approximate (else empty)."""
     return f"{R}/knn/{knn_point(model, step, key)}/test_exact_sample.npz"
+
+
+def search_queries(model, step, key):
+    """The search's query keys of each evaluated split, float32 (N, d): the memory and the
+    frontier's compressed datastores read them instead of running the LM again."""
+    base = f"{R}/knn/{knn_point(model, step, key)}"
+    return {
+        f"queries_{split}": f"{base}/{split}_queries.npy" for split in ("valid", "test")
+    }
 
 
 def table1_dir(model, step, key):
@@ -274,7 +287,11 @@ def macondo_runs(experiment):
             for seed in m["seeds"]
         }
     return {
-        overspecification_model(seed): {"sentences": "macondo_v2", "knn": True}
+        overspecification_model(seed): {
+            "sentences": "macondo_v2",
+            "knn": True,
+            "memory": config["memory"]["figure2"] != "none",
+        }
         for seed in config["overspecification"]["seeds"]
     }
 
@@ -310,9 +327,165 @@ def knn_settings():
     return {k: config["knn"][k] for k in keys} | {"key": config["knn"]["keys"][0]}
 
 
+def macondo_search(w):
+    """What a Macondo run's evaluation searches with (None: the LM alone): the kNN settings
+    and, for Figure 2's runs, the memory trained on the run's datastore (memory.figure2).
+    """
+    run = macondo_run(w)
+    if not run["knn"]:
+        return None
+    if not run.get("memory"):
+        return knn_settings()
+    m = config["memory"]
+    keys = ("layers", "expansion", "head", "alpha", "kl_positions", "seed", "epochs")
+    keys += ("batch_size", "lr", "warmup_steps", "weight_decay")
+    memory = {k: m[k] for k in keys} | {
+        "temperature": config["knn"]["temperature"],  # of its kNN targets
+        "checkpoints": m["figure2"],
+    }
+    return knn_settings() | {"memory": memory}
+
+
 def index_settings():
     keys = ("exact_max_keys", "exact_index", "approximate_index", "index_train_sample")
     return {k: config["knn"][k] for k in keys}
+
+
+# ---------------------------------------------------------------- the parametric memory
+
+
+def kl_targets_dir(model, step, key):
+    """The kNN targets of the memory's sampled datastore entries (rules/memory.smk)."""
+    return f"{R}/memory/{knn_point(model, step, key)}/kl_targets"
+
+
+def memory_file(model, step, key, expansion, objective, name):
+    """A memory of the datastore's `name`: its model, log-probs, query costs, work folder."""
+    return f"{R}/memory/{knn_point(model, step, key)}/{memory_name(expansion, objective)}/{name}"
+
+
+def memory_variants():
+    """(expansion, objective) of every memory at a kNN-LM point: the memory (memory.expansion)
+    imitating p_kNN, its keys-to-values control (alpha 0; none when memory.alpha is 0
+    already), and memory.sizes' other expansions, imitating."""
+    m = config["memory"]
+    out = [(m["expansion"], "imitation")]  # main_memory()
+    if memory_control():
+        out.append((m["expansion"], "values"))
+    return out + [(e, "imitation") for e in m["sizes"] if e != m["expansion"]]
+
+
+def main_memory():
+    """The memory of the table's findings: memory.expansion, imitating p_kNN."""
+    return memory_name(config["memory"]["expansion"], "imitation")
+
+
+def memory_control():
+    """The name of the keys-to-values control memory, or None when alpha is 0 (it is the memory)."""
+    return (
+        memory_name(config["memory"]["expansion"], "values")
+        if config["memory"]["alpha"] > 0
+        else None
+    )
+
+
+def memory_shape(expansion):
+    m = config["memory"]
+    return {"layers": m["layers"], "expansion": int(expansion), "head": m["head"]}
+
+
+def memory_alpha(objective):
+    return config["memory"]["alpha"] if objective == "imitation" else 0.0
+
+
+def memory_train_settings():
+    """Exactly the training settings a memory's training reads."""
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "warmup_steps",
+        "weight_decay",
+        "save_every",
+        "seed",
+    )
+    return {k: config["memory"][k] for k in keys}
+
+
+def memory_budget():
+    """What the more-training control's budget is computed from: the memory's shape and epochs."""
+    m = config["memory"]
+    return {
+        "memory_shape": memory_shape(m["expansion"]),
+        "budget": {"control_budget": m["control_budget"], "epochs": m["epochs"]},
+    }
+
+
+def memory_inputs(w):
+    """What a memory's training job reads: the datastore, the kNN targets (not for the
+    keys-to-values control), the LM (its head), the search's queries and targets, the index
+    (to time the search beside the memory)."""
+    point = (w.model, w.step, w.key)
+    out = {
+        **datastore(*point),
+        "lm": model_dir(w.model, w.step),
+        **search_queries(*point),
+        "found_valid": knn_file(*point, "valid"),
+        "found_test": knn_file(*point, "test"),
+        "index": index_dir(*point),
+    }
+    if memory_alpha(w.objective) > 0:
+        out["kl"] = kl_targets_dir(*point)
+    return out
+
+
+def more_training_model(model, step):
+    """The scale point's LM trained further: the memory's more-training control."""
+    return f"{R}/models/{model}/more_training/from-step-{step}"
+
+
+def more_training_logprobs(model, step):
+    return f"{R}/memory/{model}/step-{step}/more_training.npz"
+
+
+def has_more_training(model):
+    """Only an LM trained here has the optimizer state a control continues from."""
+    return model.startswith("corpus_lm/")
+
+
+def frontier_index_dir(model, step, key, code):
+    """A product-quantised datastore of the frontier: its index (codes, no keys)..."""
+    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/index"
+
+
+def frontier_file(model, step, key, code, split):
+    """...and the search results through it."""
+    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/{split}.npz"
+
+
+def memory_table_inputs(w):
+    """What the memory table of a kNN-LM point reads: the search, Table 1's grid, every
+    memory, the more-training control, the frontier's datastores and what each stores.
+    """
+    point = (w.model, w.step, w.key)
+    variants = memory_variants()
+    codes = config["memory"]["frontier_pq"]
+    out = {
+        "found_valid": knn_file(*point, "valid"),
+        "found_test": knn_file(*point, "test"),
+        "grid": f"{table1_dir(*point)}/grid.csv",
+        "model": model_dir(w.model, w.step),  # its config.json: the scale point's shape
+        **datastore(*point),
+        "index": index_dir(*point),
+        "logprobs": [memory_file(*point, e, o, "logprobs.npz") for e, o in variants],
+        "costs": [memory_file(*point, e, o, "query_costs.csv") for e, o in variants],
+        "pq_valid": [frontier_file(*point, c, "valid") for c in codes],
+        "pq_test": [frontier_file(*point, c, "test") for c in codes],
+        "pq_index": [frontier_index_dir(*point, c) for c in codes],
+    }
+    if has_more_training(w.model):
+        out["more"] = more_training_logprobs(w.model, w.step)
+    return out
 
 
 # ---------------------------------------------------------------- resources
@@ -377,9 +550,11 @@ def all_targets():
     ]
     table1 = [f"{table1_dir(*point)}/table1.md" for point in knn_points()]
     neighbours = [f"{table1_dir(*point)}/neighbours.html" for point in knn_points()]
+    memory = [f"{table1_dir(*point)}/memory.md" for point in knn_points()]
     return [
         *table1,
         *neighbours,
+        *memory,
         *figure1,
         f"{R}/figure2/figure2.png",
         f"{R}/figure3/figure3.png",

@@ -11,6 +11,7 @@ rule knn_search:
         valid=tokens("corpus_valid"),
         test=tokens("corpus_test"),
     output:
+        **search_queries("{model}", "{step}", "{key}"),
         valid=knn_file("{model}", "{step}", "{key}", "valid"),
         test=knn_file("{model}", "{step}", "{key}", "test"),
         test_ids=knn_ids_file("{model}", "{step}", "{key}"),

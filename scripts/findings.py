@@ -6,7 +6,8 @@ from knnlm_limits.snake import logged
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
     vocab = len(tokenizer.vocabulary(inp.tokenizer))
-    rows = [row for path in [*inp.table1, *inp.gains, *inp.fidelity] for row in pd.read_csv(path).to_dict("records")]
+    rows = [row for path in [*inp.table1, *inp.gains, *inp.fidelity, *inp.memory]
+            for row in pd.read_csv(path).to_dict("records")]
     for shape, path in zip(p.memorization_shapes, inp.figure1):
         scale = {"model": f"memorization/{shape['name']}", "architecture": shape["architecture"],
                  "n_layer": shape["n_layer"], "n_embd": shape["n_embd"], "vocab_size": vocab}

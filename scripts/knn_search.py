@@ -20,6 +20,7 @@ with logged(snakemake) as log:
         ids_path = out.test_ids if split == "test" else None
         found = knnlm.search_neighbours(searcher, values, found, queries, p.k, log, ids_path)
         found.save(out[split])
+        io.save_npy(out[f"queries_{split}"], queries)  # for the memory and the frontier: no second LM pass
         print(f"{split}: {len(found)} positions searched ({searcher.kind})", file=log)
         if split == "test":
             io.save_npz(out.exact_sample, **inspection.exact_sample(searcher, queries, p.k, p.fidelity_queries))

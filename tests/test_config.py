@@ -51,6 +51,10 @@ def test_partial_section_keeps_given_values():
         ({"corpus_lm": {"shapes": [{"name": "a"}, {"name": "a"}]}}, "corpus_lm.shapes"),
         ({"corpus_lm": {"shapes": [], "pretrained": []}}, "corpus_lm"),
         ({"corpus": {"block_size": 64, "stride": 65}}, "corpus.stride"),
+        ({"memory": {"frontier_index": "IVF16,PQ8"}}, "memory.frontier_index"),
+        ({"memory": {"frontier_pq": [48]}}, "memory.frontier_pq"),
+        ({"memory": {"head": "shared"}}, "memory.head"),
+        ({"memory": {"alpha": 1.5}}, "memory.alpha"),
     ],
 )
 def test_bad_config_names_the_key(config, key):

@@ -30,15 +30,18 @@ def test_lambda_reruns_only_interpolation_and_downstream(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "lambda": 0.5}})
     # the figures apply (lambda, T) to the stored neighbours: no model runs again
     assert set(jobs) == {"projection", "table1", "knn_gains", "knn_neighbours", "search_fidelity", "figure1", "figure2",
-                         "findings", "all"}
+                         "memory_table", "findings", "all"}
 
 
 def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "exact_index": "Flat"}})
     # Macondo's small datastores are searched inside their run's evaluation job (one per run,
     # with a kNN-LM: memorization full seed 0, overspecification seed 0)
+    # the memory's kNN targets, its training (it reads the search's queries and times the search)
+    # and the frontier's searches read the index or the search; the more-trained LM neither
     assert jobs == {"index": 1, "knn_search": 1, "children_eval": 2, "knnlm_grid": 1,
                     "projection": 1, "table1": 1, "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1,
+                    "memory_targets": 1, "train_memory": 2, "frontier_pq": 2, "memory_table": 1,
                     "figure1": 1, "figure2": 1, "findings": 1, "all": 1}
 
 
@@ -52,7 +55,8 @@ def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
 def test_stride_reruns_the_corpus_evaluation_not_training(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"corpus": {**TINY["corpus"], "stride": 32}})
     assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "findings": 1, "all": 1}
+                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "memory_targets": 1, "train_memory": 2,
+                    "more_training": 1, "frontier_pq": 2, "memory_table": 1, "findings": 1, "all": 1}
 
 
 def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
@@ -65,5 +69,12 @@ def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
         # Snakemake judges scripts by modification time: restore it with the text
         script.write_text(original)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # the grid, and what reads it (the tuned setting of table1; the projection reads it only when tuned)
-    assert set(jobs) == {"knnlm_grid", "table1", "findings", "all"}
+    # the grid, and what reads it (the tuned setting of table1 and the memory table; the
+    # projection reads it only when tuned)
+    assert set(jobs) == {"knnlm_grid", "table1", "memory_table", "findings", "all"}
+
+
+def test_memory_alpha_reruns_the_imitating_memories_not_the_control(tiny_runs, tmp_path):
+    jobs = plan(tiny_runs[0], tmp_path, {"memory": {**TINY["memory"], "alpha": 0.7}})
+    # Figure 2's runs train a memory too (at alpha): their evaluation jobs rerun
+    assert jobs == {"train_memory": 1, "memory_table": 1, "children_eval": 1, "figure2": 1, "findings": 1, "all": 1}

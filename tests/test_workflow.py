@@ -49,10 +49,13 @@ RESULT_CSVS = ["figure1/tiny/figure1.csv", "figure1/tiny/children.csv", "figure2
                "table1/corpus_lm/tiny/step-20/mlp_input/table1.csv", "table1/corpus_lm/tiny/step-20/mlp_input/grid.csv",
                "table1/corpus_lm/tiny/step-20/mlp_input/projection_traces.csv", "findings.csv", "findings_by_scale.csv",
                "table1/corpus_lm/tiny/step-20/mlp_input/gain_by_frequency.csv", "table1/corpus_lm/tiny/step-20/mlp_input/gain_tokens.csv",
-               "table1/corpus_lm/tiny/step-20/mlp_input/neighbours.csv", "perplexity_by_key.csv"]
+               "table1/corpus_lm/tiny/step-20/mlp_input/neighbours.csv", "perplexity_by_key.csv",
+               *(f"table1/corpus_lm/tiny/step-20/mlp_input/{name}.csv"
+                 for name in ("memory", "memory_tokens", "memory_grid", "memory_findings", "frontier"))]
 FIGURES = ["figure1/tiny/figure1.png", "figure2/figure2.pdf", "figure3/figure3.png", "findings_by_scale.png",
            "table1/corpus_lm/tiny/step-20/mlp_input/projection_traces.png", "table1/corpus_lm/tiny/step-20/mlp_input/grid.png",
-           "table1/corpus_lm/tiny/step-20/mlp_input/gain_by_frequency.png", "perplexity_by_key.png"]
+           "table1/corpus_lm/tiny/step-20/mlp_input/gain_by_frequency.png", "perplexity_by_key.png",
+           "table1/corpus_lm/tiny/step-20/mlp_input/frontier.png"]
 
 
 def test_gain_by_frequency_agrees_with_the_search_results(tiny_runs):
@@ -161,6 +164,7 @@ def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_pat
     jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
     assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1,
                     "knn_neighbours": 1, "search_fidelity": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
+                    "memory_targets": 1, "train_memory": 2, "more_training": 1, "frontier_pq": 2, "memory_table": 1,
                     "findings": 1, "all": 1}
 
 
@@ -169,8 +173,58 @@ def test_adding_a_key_plans_only_that_keys_jobs(tiny_runs, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
+    # the more-trained LM belongs to the scale point, not to a key: it is not planned again
     assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "findings": 1, "all": 1}
+                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "memory_targets": 1, "train_memory": 2,
+                    "frontier_pq": 2, "memory_table": 1, "findings": 1, "all": 1}
+
+
+def _plan_with(tiny_runs, tmp_path, memory):
+    config = {**TINY, "results": str(tiny_runs[0]), "memory": {**TINY["memory"], **memory}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
+
+
+def test_adding_a_memory_size_plans_only_that_memory(tiny_runs, tmp_path):
+    assert _plan_with(tiny_runs, tmp_path, {"sizes": [2]}) == {"train_memory": 1, "memory_table": 1, "findings": 1,
+                                                               "all": 1}
+
+
+def test_adding_a_code_size_plans_only_that_datastore(tiny_runs, tmp_path):
+    codes = [*TINY["memory"]["frontier_pq"], 2]
+    assert _plan_with(tiny_runs, tmp_path, {"frontier_pq": codes}) == {"frontier_pq": 1, "memory_table": 1,
+                                                                       "findings": 1, "all": 1}
+
+
+def test_memory_numbers_recomputed_from_the_stage_csvs(tiny_runs):
+    """Every perplexity of the memory table from its per-token CSV, each tuned lambda_m from its
+    validation grid, the findings from the per-token columns, the frontier from the table."""
+    point = tiny_runs[0] / "table1/corpus_lm/tiny/step-20/mlp_input"
+    tokens, table = pd.read_csv(point / "memory_tokens.csv"), pd.read_csv(point / "memory.csv")
+    grid, frontier = pd.read_csv(point / "memory_grid.csv"), pd.read_csv(point / "frontier.csv")
+    ppl = lambda col: float(np.exp(-tokens[col].mean()))  # noqa: E731
+    main = "x4-imitation"
+    row = table.set_index("component").loc[f"LM + memory {main}"]
+    assert row.test_ppl_tuned == pytest.approx(ppl(f"lm_memory_{main}"), rel=1e-9)
+    own = grid[grid.component == f"memory {main}"]
+    assert row["lambda"] == own.sort_values(["valid_perplexity", "lambda"]).iloc[0]["lambda"]
+    lam = row["lambda"]
+    np.testing.assert_allclose(tokens[f"lm_memory_{main}"],
+                               np.log(lam * np.exp(tokens[f"memory_{main}"]) + (1 - lam) * np.exp(tokens.lm)), rtol=1e-9)
+    assert table.set_index("component").loc["LM"].test_ppl_tuned == pytest.approx(ppl("lm"), rel=1e-9)
+    found = pd.read_csv(point / "memory_findings.csv")
+    recovered = found[(found.finding == "memory_recovers_knn_gain") & found.note.str.contains("tuned")].iloc[0]
+    by_hand = (ppl("lm") - ppl(f"lm_memory_{main}")) / (ppl("lm") - ppl("knnlm_tuned"))
+    assert recovered.measured == pytest.approx(by_hand, rel=1e-9)
+    more = found.set_index("finding").loc["memory_beats_more_training"]
+    assert more.measured == pytest.approx(ppl("lm_more") - ppl(f"lm_memory_{main}"), rel=1e-9)
+    shown = frontier.set_index("component")
+    assert shown.loc[f"LM + memory {main}"].test_ppl == pytest.approx(ppl(f"lm_memory_{main}"), rel=1e-9)
+    assert shown.loc[f"LM + memory {main}"].bytes == row.bytes
+    assert set(pd.read_csv(tiny_runs[0] / "findings.csv").finding) >= {
+        "memory_recovers_knn_gain", "memory_beats_more_training", "memory_alone_beats_lm", "memory_imitation_helps",
+        "memory_smaller_than_datastore", "memory_helps_overspecification"}
 
 
 def test_two_keys_give_two_table1_rows_and_mlp_input_is_unchanged(tiny_runs, tmp_path):
@@ -225,6 +279,17 @@ def test_rehearsal_runs_every_paper_scale_path(rehearsal):
     for point in points:
         table = pd.read_csv(rehearsal / "table1" / point / "fidelity.csv")
         assert len(table) > 0 and table.recall_at_k.between(0, 1).all()
+    # the memory at every point: kNN targets through the approximate index, a GPT-2 and a Llama
+    # key, a second size, the frontier's IVF-PQ datastore; the control only where the LM was trained here
+    for point in points:
+        assert "(IVF32,PQ8)" in (rehearsal / "logs/memory" / point / "kl_targets.log").read_text()
+        memory = pd.read_csv(rehearsal / "table1" / point / "memory.csv")
+        assert {"LM + memory x4-imitation", "LM + memory x4-values", "LM + memory x1-imitation",
+                "kNN-LM, PQ8 codes"} <= set(memory.component)
+        assert (memory.kind == "more_training").any() == point.startswith("corpus_lm/")
+    assert "resuming" not in (rehearsal / "logs/memory" / points[2] / "x4-imitation.log").read_text()
+    fig2 = pd.read_csv(rehearsal / "figure2/children.csv")
+    assert set(fig2[fig2.method == "lm_memory"].step) == set(fig2.step)  # memory.figure2: all
 
 
 def test_figure1_finding_recomputed_from_the_stage_inputs(rehearsal):

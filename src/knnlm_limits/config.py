@@ -173,6 +173,9 @@ def check_semantics(config: dict) -> None:
                 parse_local_spec(spec, f"{LOCAL_KEY}.{split}")
             except CorpusError as err:
                 raise ConfigError(f"invalid config key '{LOCAL_KEY}.{split}': {err}") from None
+    if "{code}" not in config["memory"]["frontier_index"]:
+        raise ConfigError("invalid config key 'memory.frontier_index': it must hold {code}, the code size of "
+                          f"each of memory.frontier_pq (got {config['memory']['frontier_index']!r})")
     stride = config["corpus"]["stride"]
     if stride is not None and stride > config["corpus"]["block_size"]:
         raise ConfigError(f"invalid config key 'corpus.stride': {stride} is more than corpus.block_size "
@@ -270,6 +273,10 @@ def check_local_models(config: dict, base_dir: Path) -> None:
     try:
         for dim in [PARSE_DIM, *(sorted(dims) if may_be_approximate else [])]:
             check_factory(config["knn"]["approximate_index"], dim, "knn.approximate_index")
+        # the frontier's product-quantised datastores: every code size must divide every key width
+        for code in config["memory"]["frontier_pq"]:
+            for dim in [*sorted(dims)] or [PARSE_DIM]:
+                check_factory(config["memory"]["frontier_index"].format(code=code), dim, "memory.frontier_pq")
     except IndexConfigError as err:
         raise ConfigError(str(err)) from None
 

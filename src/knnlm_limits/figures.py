@@ -17,6 +17,8 @@ LABELS = {
     ("full", "knnlm"): "kNN-LM",
     ("no_last_mlp", "knnlm"): "kNN-LM (no-MLP encoder)",
 }
+# Figure 2's methods: solid, dotted, dashed
+FIGURE2_STYLES = {"lm": "-", "knnlm": ":", "lm_memory": "--"}
 
 
 def seed_summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -58,20 +60,24 @@ def figure1(table: pd.DataFrame, title: str = ""):
 
 
 def figure2(table: pd.DataFrame, title: str = ""):
-    """Per number of children: LM (solid), kNN-LM (dotted), log(1/n) (horizontal)."""
-    summary = seed_summary(table[table.method.isin(["lm", "knnlm"])], ["n_children", "method", "step"])
+    """Per number of children: LM (solid), kNN-LM (dotted), LM + memory (dashed, where a
+    memory was trained), log(1/n) (horizontal)."""
+    summary = seed_summary(table[table.method.isin(list(FIGURE2_STYLES))], ["n_children", "method", "step"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (n, rows) in enumerate(summary.groupby("n_children")):
         color = colors[i % len(colors)]
-        for method, style in (("lm", "-"), ("knnlm", ":")):
+        for method, style in FIGURE2_STYLES.items():
             r = rows[rows.method == method].sort_values("step")
-            ax.plot(r.step, r["mean"], style, color=color, marker="o", ms=3,
+            if r.empty:
+                continue
+            ax.plot(r.step, r["mean"], style, color=color, marker="o" if method != "lm_memory" else "s", ms=3,
                     label=f"n={n}" if method == "lm" else None)
             _band(ax, r, color)
         ax.axhline(np.log(1.0 / n), color=color, lw=0.8, alpha=0.6)
+    memory = " LM + memory (dashed)," if (summary.method == "lm_memory").any() else ""
     ax.set(xlabel="fine-tuning step (on Macondo v2)", ylabel="log-likelihood of the children (v1 prompts)",
-           title=f"Over-specification {title}: LM (solid), kNN-LM (dotted), log(1/n) (lines)\n{_seeds(summary)}")
+           title=f"Over-specification {title}: LM (solid), kNN-LM (dotted),{memory} log(1/n) (lines)\n{_seeds(summary)}")
     ax.grid(alpha=0.3)
     ax.legend(title="children", fontsize=8)
     return fig, summary
@@ -129,22 +135,30 @@ def projection_traces(traces: pd.DataFrame, summary: pd.DataFrame | None = None)
 
 
 def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
-    """The two projection gaps against model width, one line per training length, with CIs.
+    """The two projection gaps, and where the memory stage ran the memory's, against model
+    width, one line per training length, with CIs.
 
     A gap is a ratio over ppl_LM - ppl_kNN-LM: where the kNN-LM barely beats the LM its
-    interval explodes. A point whose interval leaves the axis is drawn hollow (an arrow at the
-    edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap.
+    interval explodes. The memory's gap is (ppl_LM+memory - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM)
+    = 1 - memory_recovers_knn_gain (the kNN-LM at its tuned setting): on the same scale, 0 = the
+    memory reaches the kNN-LM. A point whose interval leaves the axis is drawn hollow (an arrow
+    at the edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap.
     """
     claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
               "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
-    table1 = frame[frame.finding.isin([*claims, "softmax_bottleneck_ruled_out_convex"])]
+    kept = frame[(frame.finding == "memory_recovers_knn_gain") & frame.note.fillna("").str.contains("tuned")]
+    if len(kept):
+        claims["memory_gap"] = "gap of LM + memory (paper: 1 - 0.45 = 0.55)"
+        kept = kept.assign(finding="memory_gap", measured=1 - kept.measured, ci_low=1 - kept.ci_high,
+                           ci_high=1 - kept.ci_low)
+    table1 = pd.concat([frame[frame.finding.isin([*claims, "softmax_bottleneck_ruled_out_convex"])], kept])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lengths = sorted(table1.step.fillna(-1).unique())
     keys = sorted(table1.key.fillna("").unique()) if "key" in table1 else [""]
     many_keys = len(keys) > 1
     if "key" not in table1:
         table1 = table1.assign(key="")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), sharey=True)
+    fig, axes = plt.subplots(1, len(claims), figsize=(5.5 * len(claims), 5.6), sharey=True)
     for ax, (finding, title) in zip(axes, claims.items()):
         shown = [(finding, "-", "", 0.0)]
         if finding == "softmax_bottleneck_ruled_out":  # f's convex optimum: what f can express
@@ -184,7 +198,7 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
         ax.grid(alpha=0.3)
         ax.legend(title="training length", fontsize=7, loc="lower left")
     axes[0].set_ylabel("(ppl_proj - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM), 95% CI")
-    fig.suptitle("0 = the projection reaches the kNN-LM, 1 = no better than the LM\n"
+    fig.suptitle("0 = the projection (or the memory) reaches the kNN-LM, 1 = no better than the LM\n"
                  "hollow: the interval leaves the axis (listed below each panel); an arrow: so does the estimate", fontsize=10)
     fig.subplots_adjust(bottom=0.38, top=0.86, wspace=0.08)
     return fig
@@ -213,6 +227,52 @@ def perplexity_by_key(by_key: pd.DataFrame):
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def frontier(points: pd.DataFrame, title: str = ""):
+    """The storage-perplexity frontier: bytes of the retrieval component (log axis) against test
+    perplexity with its 95% bootstrap interval. The LM alone (0 bytes) is the dashed line and
+    its band; every component is annotated with its name and size (labels of components of
+    the same size stacked); a memory trained on values alone (alpha 0) is hollow."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    lm = points[points.kind == "lm"].iloc[0]
+    ax.axhline(lm.test_ppl, color="k", ls="--", lw=1, label=f"LM alone (0 bytes): {lm.test_ppl:.1f}")
+    ax.axhspan(lm.ci_low, lm.ci_high, color="k", alpha=0.08, lw=0)
+    styles = {"knn": ("s", "C0", "kNN-LM, float16 datastore"), "knn_pq": ("D", "C1", "kNN-LM, PQ codes (no re-ranking)"),
+              "memory": ("o", "C2", "LM + memory (MLP); hollow: trained on values alone")}
+    shown = points[points.kind.isin(list(styles))].sort_values(["bytes", "component"]).reset_index(drop=True)
+    for i, r in enumerate(shown.itertuples()):
+        marker, color, label = styles[r.kind]
+        first = (shown.kind[:i] != r.kind).all()
+        ax.errorbar([r.bytes], [r.test_ppl], yerr=[[r.test_ppl - r.ci_low], [r.ci_high - r.test_ppl]], fmt=marker,
+                    color=color, mfc="white" if r.component.endswith("-values") else color, capsize=3, ls="none",
+                    label=label if first else None)
+        name = r.component.split(", ")[-1].replace("LM + memory ", "memory ")
+        # neighbours in bytes alternate above and below; points of the same size stack
+        same = int((shown.bytes[:i] == r.bytes).sum())
+        ax.annotate(f"{name}: {r.test_ppl:.1f}, {_bytes(r.bytes)}", (r.bytes, r.test_ppl), textcoords="offset points",
+                    xytext=(7, (8 if i % 2 == 0 else -14) - 10 * same), fontsize=7, color=color)
+    ax.set_xscale("log")
+    if len(shown):
+        ax.set_xlim(shown.bytes.min() / 2, shown.bytes.max() * 6)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 3)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _bytes(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="bytes at query time (the retrieval component; log scale)", ylabel="test perplexity, 95% CI",
+           title=f"What retrieval's gain costs {title}".strip())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1, 0.93))
+    fig.tight_layout()
+    return fig
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def gain_by_frequency(buckets: pd.DataFrame, title: str = ""):

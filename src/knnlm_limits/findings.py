@@ -16,6 +16,16 @@ is read per n), with the columns of ``COLUMNS``. The rules:
   approximate_search_lowers_perplexity  (only where a corpus datastore is searched through an approximate index)
                                  kNN-LM perplexity with its neighbours minus with the exact ones, on knn.fidelity_queries
                                  sampled test queries (paired bootstrap); holds if the CI is below 0 (Xu et al. 2023)
+- The parametric memory (memory.py), over test tokens (paired bootstrap), the memory at its validation-tuned lambda_m:
+  memory_recovers_knn_gain       (ppl_lm - ppl_lm+memory) / (ppl_lm - ppl_knnlm), against the kNN-LM at its fixed and
+                                 at its tuned (lambda, T); holds if the CI is above 0. Paper: 0.45
+  memory_beats_more_training     ppl of the LM trained further for the memory's compute minus ppl_lm+memory; holds
+                                 if the CI is above 0 (the memory gives more than training longer would)
+  memory_alone_beats_lm          ppl_lm - ppl_memory: the memory alone better than the LM is partly a better-trained
+                                 LM, not retrieval; holds if the CI is above 0 (a control, read with the others)
+  memory_imitation_helps         ppl_lm+memory at alpha 0 minus at memory.alpha (same budget); holds if the CI is above 0
+  memory_smaller_than_datastore  datastore bytes (keys, values, index) / the memory's bytes (float32, its head
+                                 counted unless it is the LM's own); exact, holds if above 1. Paper: over 25
 - Figure 1 claims, over seeds (t interval):
   no_last_mlp_learns_faster_early  no-last-MLP minus full LM child log-likelihood, averaged over the early
                                    checkpoints (0 < step <= early_fraction x last step); holds if the CI is above 0
@@ -23,6 +33,8 @@ is read per n), with the columns of ``COLUMNS``. The rules:
 - Figure 2 claims at the last checkpoint, overall and per number of children n, over seeds:
   overspecification_gap          log(1/n) - LM log-likelihood; holds if the CI is above 0
   knn_helps_overspecification    kNN-LM minus LM log-likelihood; holds if the CI is above 0
+  memory_helps_overspecification LM + memory (of the run's v2 datastore) minus LM log-likelihood; holds if the CI is
+                                 above 0
 - Figure 3, over prompts (bootstrap):
   scaling_does_not_fix_overspecification  n x p(child), the fraction of the perfect likelihood 1/n reached;
                                           holds if the CI is below 0.5
@@ -43,8 +55,8 @@ COLUMNS = ["finding", "paper", "measured", "ci_low", "ci_high", "criterion", "ho
            "note", *SCALE_COLUMNS]
 
 
-# the Macondo claims read off a kNN-LM (whose key is knn.keys[0])
-MACONDO_KNN_FINDINGS = ("knn_high_from_random_encoder", "knn_helps_overspecification")
+# the Macondo claims read off a kNN-LM or its memory (whose key is knn.keys[0])
+MACONDO_KNN_FINDINGS = ("knn_high_from_random_encoder", "knn_helps_overspecification", "memory_helps_overspecification")
 
 
 def _row(finding, paper, estimate, criterion, holds_rule, ci_over, scale, n_children="all", note=""):
@@ -113,6 +125,57 @@ def search_fidelity(estimate, table: pd.DataFrame, scale: dict) -> list[dict]:
                  scale, note=f"recall@k {table.recall_at_k.mean():.3f}")]
 
 
+def _recovered(means: np.ndarray) -> np.ndarray:
+    """(ppl_lm - ppl_mix) / (ppl_lm - ppl_knnlm) from mean log-probs [lm, mix, knnlm]."""
+    ppl = np.exp(-means)
+    return (ppl[..., 0] - ppl[..., 1]) / (ppl[..., 0] - ppl[..., 2])
+
+
+def _ppl_difference(means: np.ndarray) -> np.ndarray:
+    """ppl of column 0 minus ppl of column 1, from their mean log-probs."""
+    return np.exp(-means[..., 0]) - np.exp(-means[..., 1])
+
+
+def memory(tokens: pd.DataFrame, table: pd.DataFrame, main: str, control: str | None, head: str, scale: dict,
+           n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """The parametric memory's claims at one kNN-LM point (memory.tables' per-token columns)."""
+    over, mix = f"{len(tokens)} test tokens", f"lm_memory_{main}"
+
+    def paired(columns, statistic):
+        return bootstrap_ci(tokens[columns].to_numpy(), statistic, n_resamples, seed)
+
+    rows = []
+    for setting in ("fixed", "tuned"):
+        rows.append(_row("memory_recovers_knn_gain", "(20.13 - 18.68) / (20.13 - 16.92) = 0.45",
+                         paired(["lm", mix, f"knnlm_{setting}"], _recovered),
+                         "(ppl_lm - ppl_lm+memory) / (ppl_lm - ppl_knnlm), the memory at its validation-tuned lambda_m; "
+                         "holds if its 95% CI is above 0", _above(0), over, scale,
+                         note=f"memory {main}; kNN-LM at its {setting} (lambda, T)"))
+    if "lm_more" in tokens:
+        steps = int(table.loc[table.kind == "more_training", "extra_steps"].iloc[0])
+        rows.append(_row("memory_beats_more_training", "not in the paper", paired(["lm_more", mix], _ppl_difference),
+                         "ppl of the LM trained further for the memory's training compute minus ppl_lm+memory; "
+                         "holds if its 95% CI is above 0", _above(0), over, scale,
+                         note=f"memory {main}; the LM trained {steps} steps further on the same data"))
+    rows.append(_row("memory_alone_beats_lm", "not in the paper", paired(["lm", f"memory_{main}"], _ppl_difference),
+                     "ppl_lm - ppl_memory (the memory alone, no LM); holds if its 95% CI is above 0: then the memory "
+                     "is partly a better-trained LM, not retrieval", _above(0), over, scale, note=f"memory {main}"))
+    if control is not None:
+        rows.append(_row("memory_imitation_helps", "not in the paper (MLP Memory: alpha 0.4 best)",
+                         paired([f"lm_memory_{control}", mix], _ppl_difference),
+                         "ppl_lm+memory trained on values alone (alpha 0) minus trained to imitate p_kNN, same budget; "
+                         "holds if its 95% CI is above 0", _above(0), over, scale, note=f"memory {main} against {control}"))
+    datastore_bytes = int(table.loc[table.kind == "knn", "bytes"].iloc[0])
+    memory_row = table[(table.kind == "memory") & (table.component == f"LM + memory {main}")].iloc[0]
+    ratio = datastore_bytes / memory_row["bytes"]
+    counted = "the LM's own head not counted" if head == "lm_frozen" else "its head counted"
+    rows.append(_row("memory_smaller_than_datastore", "over 25x (NAACL 2024)", (ratio, ratio, ratio),
+                     "bytes of the datastore (keys, values, index) / bytes of the memory (float32); exact; holds if "
+                     "above 1", _above(1), "bytes", scale,
+                     note=f"{datastore_bytes:,} / {int(memory_row['bytes']):,} bytes, memory {main}, {counted}"))
+    return rows
+
+
 def _per_seed(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean child log-likelihood per seed (and `by`)."""
     return table.groupby(["seed", *by], as_index=False)["loglik"].mean()
@@ -165,11 +228,19 @@ def figure2(children: pd.DataFrame, scale: dict) -> list[dict]:
             "log(1/n) minus the LM's child log-likelihood on v1 prompts after fine-tuning on v2; "
             "holds if its 95% CI is above 0", _above(0), f"{len(per_seed)} seeds", scale, n_children=str(n),
             note=f"step {int(last.step.max())}"))
-        wide = _per_seed(part[part.method.isin(["lm", "knnlm"])], ["method"]).pivot(index="seed", columns="method", values="loglik")
+        wide = _per_seed(part[part.method.isin(["lm", "knnlm", "lm_memory"])], ["method"]).pivot(
+            index="seed", columns="method", values="loglik")
         rows.append(_row(
             "knn_helps_overspecification", "kNN-LM above the LM", t_interval(wide["knnlm"] - wide["lm"]),
             "kNN-LM minus LM child log-likelihood on v1 prompts; holds if its 95% CI is above 0",
             _above(0), f"{len(wide)} seeds", scale, n_children=str(n), note=f"step {int(last.step.max())}"))
+        if "lm_memory" in wide:
+            rows.append(_row(
+                "memory_helps_overspecification", "not in the paper (does a memory generalise as retrieval does?)",
+                t_interval(wide["lm_memory"] - wide["lm"]),
+                "LM + memory (of the run's v2 datastore) minus LM child log-likelihood on v1 prompts; holds if its "
+                "95% CI is above 0", _above(0), f"{len(wide)} seeds", scale, n_children=str(n),
+                note=f"step {int(last.step.max())}"))
     return rows
 
 
@@ -218,7 +289,8 @@ def markdown(frame: pd.DataFrame) -> str:
 
 BY_SCALE = ("knnlm_beats_lm", "softmax_bottleneck_ruled_out", "softmax_bottleneck_ruled_out_convex",
             "mlp_hurdle_in_projection", "no_last_mlp_learns_faster_early", "knn_high_from_random_encoder",
-            "knn_gain_concentrated_in_rare_tokens")
+            "knn_gain_concentrated_in_rare_tokens", "memory_recovers_knn_gain", "memory_alone_beats_lm",
+            "memory_beats_more_training")
 
 
 def by_scale(frame: pd.DataFrame) -> pd.DataFrame:

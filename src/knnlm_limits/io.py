@@ -147,6 +147,12 @@ def save_npz(path, **arrays) -> None:
             np.savez(fh, **arrays)
 
 
+def save_npy(path, array) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
 def load_npz(path) -> dict:
     # allow_pickle=False: nothing untrusted is unpickled.
     with np.load(path, allow_pickle=False) as data:

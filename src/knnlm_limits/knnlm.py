@@ -44,6 +44,7 @@ class SearchResults:
     example: np.ndarray  # int64 (N,): the example (window, sentence) the position is in
     dists: np.ndarray | None = None  # float32 (N, k): squared L2 distances of the neighbours
     nbr_values: np.ndarray | None = None  # int32 (N, k): their next tokens; -1 where none was found
+    memory_logprob: np.ndarray | None = None  # float64 (N,): log p_memory(target) where a memory was evaluated
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -175,6 +176,29 @@ def search_neighbours(searcher, values, found: SearchResults, queries: np.ndarra
                 ids_file.write(ids)
             del batch_dists, ids  # not alive while the next batch is searched
     return found.with_neighbours(dists, nbr_values)
+
+
+def leave_one_out(searcher, keys, values, rows: np.ndarray, k: int, temperature: float, batch: int = 4096, log=None):
+    """p_kNN of datastore entries over the other entries, batch by batch of `rows` (entry ids).
+
+    Each entry's own key is its query; its k nearest entries other than itself are kept
+    (k + 1 are searched, the entry dropped wherever it is found, else the farthest). Yields
+    (slice of `rows`, neighbour values (b, k') int32, -1 where none, and their weights
+    softmax(-d / T) (b, k') float64), k' = min(k, entries - 1). One datastore entry per
+    training position (the datastore stage's contract), so the entry is the only one of
+    its position.
+    """
+    from .index import _rows
+
+    keys, rows = _rows(keys), np.asarray(rows, dtype=np.int64)
+    for start in tqdm(range(0, len(rows), batch), file=log, mininterval=5, desc="leave-one-out"):
+        own = rows[start : start + batch]
+        dists, ids = searcher.search(np.asarray(keys[own], dtype=np.float32), k + 1)
+        # the first k neighbours that are not the entry itself, in the search's order
+        order = np.argsort(ids == own[:, None], axis=1, kind="stable")[:, : min(k, ids.shape[1] - 1)]
+        dists, ids = np.take_along_axis(dists, order, 1), np.take_along_axis(ids, order, 1)
+        found = neighbour_values(values, ids)
+        yield slice(start, start + len(own)), found, neighbour_weights(dists, found, temperature)
 
 
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Costs of the Macondo evaluations (rules/children.smk, rules/chat.smk): every checkpoint
 of a run loaded and run over its prompts (and its sentences, for a kNN-LM)."""
 
-from .base import Estimate, MB, Job, cost, forward_seconds, gpu_resident, measured, unknown
+from .. import memory
+from .base import Estimate, MB, Job, cost, forward_seconds, gpu_resident, measured, seconds, unknown
 
 
 def evaluation(job: Job, size: dict | None, n_checkpoints: int) -> Estimate:
@@ -21,7 +22,17 @@ def children_eval(job: Job) -> Estimate:
         size = job.shape("memorization", job.wildcards["shape"])
     else:
         size = job.named_size(job.config["overspecification"]["base_model"])
-    return evaluation(job, size, len(job.config[experiment]["train"]["checkpoints"]))
+    n_checkpoints = len(job.config[experiment]["train"]["checkpoints"])
+    est = evaluation(job, size, n_checkpoints)
+    if job.wildcards.get("memory") and est.known:  # Figure 2's memories of the run's datastore
+        m = job.config["memory"]
+        counts = memory.parameters(size["d"], size["vocab"], m["layers"], m["expansion"])
+        entries = measured()["macondo_eval_tokens"]
+        flops = memory.training_flops(counts, m["head"], entries, m["epochs"])
+        memories = n_checkpoints if m["figure2"] == "all" else 1
+        est.minutes += memories * seconds(flops, job.uses_gpu, job.threads) / 60
+        est.mem_mb += (16 * (counts["body"] + counts["head"]) + m["batch_size"] * size["vocab"] * 8) / MB
+    return est
 
 
 @cost("figure3")

@@ -1,0 +1,96 @@
+"""Costs of the parametric-memory stage (rules/memory.smk): the kNN targets of the sampled
+entries (a search of that many queries: its cost grows with memory.kl_positions), the
+memory's training and evaluation, the more-training control, the frontier's product-
+quantised datastores and the table."""
+
+from .. import memory
+from ..index import choose
+from .base import (Estimate, MB, Job, cost, forward_seconds, measured, positions_bytes, seconds, small_job, unknown,
+                   window_factor)
+from .index import build
+from .knnlm import search
+from .train import training
+
+
+def _memory_params(job: Job, size: dict, expansion: int) -> dict:
+    m = job.config["memory"]
+    return memory.parameters(size["d"], size["vocab"], m["layers"], expansion)
+
+
+@cost("memory_targets")
+def memory_targets(job: Job) -> Estimate:
+    size, n_keys = job.corpus_model_size(), job.train
+    if n_keys is None or size is None:
+        return unknown("datastore size unknown")
+    knn, sample = job.config["knn"], job.config["memory"]["kl_positions"] or n_keys
+    queries = min(sample, n_keys)
+    mem, secs = search(job.config, n_keys, size["d"], queries, min(queries, 4096), choose(n_keys, knn), job.threads,
+                       knn["rerank"])
+    k = min(knn["k"], n_keys)
+    return Estimate(measured()["light_process_mb"] + mem, 1 + secs / 60, disk_mb=queries * k * 6 / MB)
+
+
+@cost("train_memory")
+def train_memory(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("datastore or split size unknown", job.uses_gpu)
+    m, knn = job.config["memory"], job.config["knn"]
+    counts = _memory_params(job, size, int(job.wildcards["expansion"]))
+    params = counts["body"] + counts["head"]
+    batch = m["batch_size"]
+    # weights, gradients and AdamW moments; one chunk of (batch, V) float32 logits and softmax;
+    # the batch's kNN targets; the values file's pages; one split's queries and log-probs
+    state = 16 * params + batch * size["vocab"] * 4 * 2 + batch * knn["k"] * 16
+    mem = measured()["process_mb"] + (state + n_keys * 4 + max(valid, test) * (4 * size["d"] + 8)) / MB
+    flops = memory.training_flops(counts, m["head"], n_keys, m["epochs"])
+    secs = seconds(flops, job.uses_gpu, job.threads) + seconds(2 * params * (valid + test), job.uses_gpu, job.threads)
+    kind = choose(n_keys, knn)
+    search_mem, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"], kind,
+                                     job.threads, knn["rerank"])
+    secs += 2 * search_secs  # the search timed beside the memory, best of two
+    gpu = (state / MB) if job.uses_gpu else 0.0
+    return Estimate(mem + search_mem, 1 + secs / 60, gpu, 4 * params * 4 / MB, job.uses_gpu)
+
+
+@cost("more_training")
+def more_training(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("datastore or split size unknown", job.uses_gpu)
+    m, train = job.config["memory"], job.config["corpus_lm"]["train"]
+    block = job.config["corpus"]["block_size"]
+    counts = _memory_params(job, size, m["expansion"])
+    steps = memory.more_training_steps(m["control_budget"], memory.training_flops(counts, m["head"], n_keys, m["epochs"]),
+                                       size["params"], train["batch_size"] * block, m["epochs"], n_keys)
+    est = training(job, size, {**train, "checkpoints": [steps]}, block, data_tokens=n_keys, steps=steps)
+    est.minutes += forward_seconds(size, (valid + test) * window_factor(job.config), job.uses_gpu, job.threads) / 60
+    return est
+
+
+@cost("frontier_pq")
+def frontier_pq(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("datastore or split size unknown")
+    m = job.config["memory"]
+    factory = m["frontier_index"].format(code=job.wildcards["code"])
+    built = build(factory, n_keys, size["d"], m["frontier_train_sample"], job.threads)
+    mem, secs = search(job.config, n_keys, size["d"], valid + test, max(valid, test), factory, job.threads)
+    return Estimate(measured()["light_process_mb"] + max(built.mem_mb - measured()["process_mb"], 0) + mem,
+                    built.minutes + secs / 60, disk_mb=built.disk_mb + (valid + test) * 8 * job.config["knn"]["k"] / MB)
+
+
+@cost("memory_table")
+def memory_table(job: Job) -> Estimate:
+    valid, test = job.valid, job.test
+    if valid is None or test is None:
+        return unknown("split size unknown")
+    codes = len(job.config["memory"]["frontier_pq"])
+    held = max(valid, test) * positions_bytes(job.config)  # one split's neighbours at a time
+    columns = 8 + 3 * (2 + len(job.config["memory"]["sizes"])) + 2 * codes
+    est = small_job()
+    est.mem_mb += (held * measured()["interpolation_overhead"] + test * columns * 8 * 3) / MB
+    est.minutes += (valid + test) * job.config["knn"]["k"] * measured()["interpolation_seconds_per_cell"] \
+        * (1 + codes * len(job.config["table1"]["grid"]["temperature"])) / 60
+    return est

@@ -1,0 +1,261 @@
+"""Parametric-memory stage: what an MLP trained on the datastore keeps of the kNN-LM's gain.
+
+The MLP itself, its loss and its training are in memory_mlp.py (torch). Here, with NumPy
+only (the rules and the cost model read it while the workflow is planned):
+
+- its size and bytes, and the training compute the more-training control matches;
+- the kNN targets of a seeded sample of datastore entries: each entry's p_kNN over the
+  *other* entries (knnlm.leave_one_out), stored sparse in a folder of three .npy files:
+  rows (S,) int64 entry ids, values (S, k) int32 neighbour values (-1: none), weights
+  (S, k) float16 softmax(-d / T) (never dense vocabulary vectors);
+- the validation grid of lambda_m and the memory table, the storage-perplexity frontier
+  and their per-token CSV, from which every reported number can be recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+
+KL_FILES = ("rows", "values", "weights")
+OBJECTIVES = ("imitation", "values")  # alpha = memory.alpha, alpha = 0 (keys to values: the control)
+
+
+# ---------------------------------------------------------------- size, bytes, compute
+
+
+def parameters(key_width: int, vocab: int, layers: int, expansion: int) -> dict:
+    """{body, head} parameter counts of a memory (memory_mlp.MemoryMLP)."""
+    d, hidden = key_width, expansion * key_width
+    block = 2 * d + d * hidden + hidden + hidden * d + d  # LayerNorm, up, down
+    return {"body": layers * block + 2 * d, "head": vocab * d}
+
+
+def memory_bytes(counts: dict, head: str) -> dict:
+    """Bytes of a memory's parameters at query time, float32 and float16; the head counts
+    unless it is the LM's own (head 'lm_frozen': shared with the LM, stored once)."""
+    own = counts["body"] + (0 if head == "lm_frozen" else counts["head"])
+    return {"bytes_fp32": 4 * own, "bytes_fp16": 2 * own, "bytes_fp32_with_head": 4 * (counts["body"] + counts["head"]),
+            "bytes_fp32_without_head": 4 * counts["body"]}
+
+
+def training_flops(counts: dict, head: str, n_entries: int, epochs: float) -> float:
+    """FLOPs of training a memory: per key, forward and input gradients (2 + 2 a parameter)
+    and weight gradients (2 a trained parameter)."""
+    total = counts["body"] + counts["head"]
+    trained = counts["body"] + (0 if head == "lm_frozen" else counts["head"])
+    return n_entries * epochs * (4 * total + 2 * trained)
+
+
+def more_training_steps(budget: str, memory_flops: float, lm_params: float, tokens_per_step: int,
+                        epochs: float, n_train_tokens: int) -> int:
+    """Steps the more-training control adds to its LM: the memory's training compute at
+    6 FLOPs a parameter a token ('compute'), or the memory's epochs over the training split
+    ('epochs')."""
+    if budget == "epochs":
+        return max(1, math.ceil(epochs * n_train_tokens / tokens_per_step))
+    return max(1, math.ceil(memory_flops / (6 * lm_params * tokens_per_step)))
+
+
+def folder_bytes(path) -> int:
+    """Bytes of a file, or of every file in a folder."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# ---------------------------------------------------------------- kNN targets
+
+
+def kl_sample(n_entries: int, n: int | None, seed: int) -> np.ndarray:
+    """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None)."""
+    from .knnlm import sample_rows
+
+    return np.arange(n_entries) if n is None else sample_rows(n_entries, n, seed)
+
+
+def check_one_entry_per_position(positions_path, chunk: int = 2**22) -> None:
+    """The datastore stores each training position once, in order (positions strictly rise):
+    then excluding an entry excludes every entry of its position. Read in chunks."""
+    positions = np.load(positions_path, mmap_mode="r")
+    previous = -1
+    for start in range(0, len(positions), chunk):
+        part = np.asarray(positions[start : start + chunk])
+        if len(part) and (part[0] <= previous or np.any(np.diff(part) <= 0)):
+            raise ValueError(f"{positions_path}: positions do not strictly rise, so an entry is not the only one "
+                             "of its training position; rebuild the datastore")
+        previous = int(part[-1]) if len(part) else previous
+
+
+def write_kl_targets(folder, searcher, keys, values, rows: np.ndarray, k: int, temperature: float,
+                     log=None) -> int:
+    """Each sampled entry's leave-one-out p_kNN, written batch by batch into `folder`."""
+    from .knnlm import leave_one_out
+
+    width = max(0, min(k, searcher.width(k + 1) - 1))
+    with io.atomic_path(folder) as tmp, contextlib.ExitStack() as files:
+        tmp.mkdir()
+        np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.int64))
+        found = files.enter_context(io.NpyWriter(tmp / "values.npy", np.int32, (len(rows), width)))
+        weights = files.enter_context(io.NpyWriter(tmp / "weights.npy", np.float16, (len(rows), width)))
+        for _, batch_values, batch_weights in leave_one_out(searcher, keys, values, rows, k, temperature, log=log):
+            found.write(batch_values)
+            weights.write(batch_weights)
+    return len(rows)
+
+
+def kl_targets(folder) -> tuple:
+    """(rows, values, weights) of a kNN-target folder: the ids in memory, the rest as files
+    read a batch at a time."""
+    folder = Path(folder)
+    return np.load(folder / "rows.npy"), folder / "values.npy", folder / "weights.npy"
+
+
+# ---------------------------------------------------------------- lambda_m, the table, the frontier
+
+
+def perplexity(logprobs) -> float:
+    return float(np.exp(-np.mean(np.asarray(logprobs, dtype=np.float64))))
+
+
+def lambda_grid(lm_valid: np.ndarray, mem_valid: np.ndarray, lambdas) -> list[dict]:
+    """Validation perplexity of LM + memory at each lambda_m."""
+    from .knnlm import interpolate
+
+    lm = np.asarray(lm_valid, dtype=np.float64)
+    return [{"lambda": lam, "perplexity": perplexity(interpolate(lm, mem_valid, lam))} for lam in lambdas]
+
+
+def tuned_lambda(grid: list[dict]) -> float:
+    """lambda_m of the lowest validation perplexity (the smaller lambda on a tie)."""
+    return min(grid, key=lambda row: (row["perplexity"], row["lambda"]))["lambda"]
+
+
+def bootstrap_perplexity(logprobs: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float, float]:
+    """(perplexity, 95% CI) over the test tokens."""
+    from .stats import bootstrap_ci
+
+    return bootstrap_ci(np.asarray(logprobs, dtype=np.float64)[:, None], lambda m: np.exp(-m[..., 0]),
+                        n_resamples, seed)
+
+
+# ---------------------------------------------------------------- the frontier's compressed datastores
+
+
+def frontier_search(key_file, value_file, queries: dict, found: dict, out_index, out_found: dict, factory: str,
+                    train_sample: int, k: int, nprobe: int, threads: int, log=None) -> None:
+    """The frontier_pq job: a product-quantised index of the datastore (no keys kept: searched
+    without re-ranking), written as the index stage writes one, and the kNN-LM's neighbours
+    of the evaluated queries through it (the LM's log-probs are the exact search's)."""
+    import json
+
+    import faiss
+
+    from .index import Searcher, build
+    from .knnlm import SearchResults, search_neighbours
+
+    values = np.load(value_file, mmap_mode="r")
+    index = build(key_file, factory, train_sample, log=log)
+    with io.atomic_path(out_index) as tmp:
+        tmp.mkdir()
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        (tmp / "index.json").write_text(json.dumps({"kind": factory, "keys": int(index.ntotal), "rerank": False}) + "\n")
+    searcher = Searcher(key_file, factory, index, nprobe, rerank_exact=False, threads=threads)
+    for split, path in queries.items():
+        exact = SearchResults.load(found[split])
+        lm_only = SearchResults(exact.targets, exact.lm_logprob, exact.example)
+        search_neighbours(searcher, values, lm_only, np.load(path, mmap_mode="r"), k, log).save(out_found[split])
+        print(f"{split}: {len(exact)} queries searched through {factory}", file=log)
+
+
+# ---------------------------------------------------------------- the memory table and the frontier
+
+
+def memory_name(expansion: int, objective: str) -> str:
+    return f"x{expansion}-{objective}"
+
+
+def _results(found):
+    """SearchResults, from its file or as given."""
+    from .knnlm import SearchResults
+
+    return found if isinstance(found, SearchResults) else SearchResults.load(found)
+
+
+def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict | None, pq: dict,
+           datastore_bytes: int, search_kind: str, lambdas, grid: dict, bootstrap: dict) -> dict:
+    """The stage's tables at one kNN-LM point, from what its jobs stored.
+
+    found: the configured search's {valid, test} search results (files or SearchResults);
+    fixed / tuned: the kNN-LM's (lambda, T) as configured and as Table 1's validation grid
+    chose; memories: {name: {logprobs: {valid, test}, costs: its query_costs row}}; more: the
+    more-trained LM's {valid, test, extra_steps} or None; pq: {code: {valid, test, bytes}}.
+    One split's neighbours are held at a time: the job's memory is a split's, not all of them.
+
+    Returns DataFrames: `tokens` (per test token, every log-prob the table reads), `grid`
+    (validation perplexity of each lambda_m, and of (lambda, T) for each PQ kNN-LM), `table`,
+    `frontier` (bytes against test perplexity with its bootstrap interval) and `costs`.
+    """
+    import pandas as pd
+
+    from .knnlm import grid as knn_grid, interpolate, knnlm_logprob, tuned_setting
+
+    lm_valid = _results(found["valid"]).lm_logprob.astype(np.float64)
+    test = _results(found["test"])
+    tokens = {"position": np.arange(len(test)), "target": test.targets, "lm": test.lm_logprob.astype(np.float64),
+              "knnlm_fixed": knnlm_logprob(test, *fixed), "knnlm_tuned": knnlm_logprob(test, *tuned)}
+    del test
+    grids, rows, points = [], [], []
+
+    def row(component, kind, bytes_, fixed_col=None, tuned_col=None, lam=None, temperature=None, **extra):
+        rows.append({"component": component, "kind": kind, "bytes": bytes_,
+                     "test_ppl_fixed": perplexity(tokens[fixed_col]) if fixed_col else np.nan,
+                     "test_ppl_tuned": perplexity(tokens[tuned_col]) if tuned_col else np.nan,
+                     "lambda": lam, "temperature": temperature, **extra})
+
+    def point(component, kind, bytes_, column):
+        ppl, low, high = bootstrap_perplexity(tokens[column], bootstrap["bootstrap_resamples"], bootstrap["seed"])
+        points.append({"component": component, "kind": kind, "bytes": bytes_, "test_ppl": ppl, "ci_low": low,
+                       "ci_high": high, "column": column})
+
+    row("LM", "lm", 0, "lm", "lm")
+    point("LM alone", "lm", 0, "lm")
+    if more is not None:
+        tokens["lm_more"] = np.asarray(more["test"], dtype=np.float64)
+        row(f"LM trained {int(more['extra_steps'])} steps further", "more_training", 0, "lm_more", "lm_more",
+            extra_steps=int(more["extra_steps"]))
+    row(f"kNN-LM, datastore (float16 keys, {search_kind})", "knn", datastore_bytes, "knnlm_fixed", "knnlm_tuned",
+        tuned[0], tuned[1])
+    point("kNN-LM, datastore", "knn", datastore_bytes, "knnlm_tuned")
+    for code, entry in sorted(pq.items()):
+        g = knn_grid(_results(entry["valid"]), grid["lambda"], grid["temperature"])
+        grids.append(g.rename(columns={"perplexity": "valid_perplexity"}).assign(component=f"pq{code}"))
+        lam, temperature = tuned_setting(g)
+        column, test = f"knnlm_pq{code}", _results(entry["test"])
+        tokens[column] = knnlm_logprob(test, lam, temperature)
+        tokens[f"{column}_fixed"] = knnlm_logprob(test, *fixed)
+        del test
+        row(f"kNN-LM, PQ{code} codes", "knn_pq", entry["bytes"], f"{column}_fixed", column, lam, temperature)
+        point(f"kNN-LM, PQ{code}", "knn_pq", entry["bytes"], column)
+    for name, entry in memories.items():
+        valid, mem = entry["logprobs"]["valid"], np.asarray(entry["logprobs"]["test"], dtype=np.float64)
+        g = lambda_grid(lm_valid, valid, lambdas)
+        grids.append(pd.DataFrame(g).rename(columns={"perplexity": "valid_perplexity"})
+                     .assign(temperature=np.nan, component=f"memory {name}"))
+        lam = tuned_lambda(g)
+        tokens[f"memory_{name}"] = mem
+        tokens[f"lm_memory_{name}"] = interpolate(tokens["lm"], mem, lam)
+        tokens[f"lm_memory_{name}_fixed"] = interpolate(tokens["lm"], mem, fixed[0])
+        size = int(entry["costs"]["bytes_fp32"])
+        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}")
+        row(f"LM + memory {name}", "memory", size, f"lm_memory_{name}_fixed", f"lm_memory_{name}", lam,
+            bytes_fp16=int(entry["costs"]["bytes_fp16"]), train_steps=int(entry["costs"]["train_steps"]))
+        point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}")
+    costs = pd.DataFrame([{"memory": name, **entry["costs"]} for name, entry in memories.items()])
+    return {"tokens": pd.DataFrame(tokens), "grid": pd.concat(grids, ignore_index=True)[
+                ["component", "lambda", "temperature", "valid_perplexity"]] if grids else pd.DataFrame(),
+            "table": pd.DataFrame(rows), "frontier": pd.DataFrame(points), "costs": costs}

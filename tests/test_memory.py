@@ -1,0 +1,238 @@
+"""The parametric memory against independent truth: brute-force kNN targets, the loss's
+closed forms, a learnable datastore, the more-training control's continuation, the
+interpolation by hand, and a kill mid-training."""
+
+import numpy as np
+import pytest
+import torch
+
+from knnlm_limits import knnlm, memory, memory_mlp, train
+from knnlm_limits.index import Searcher
+from knnlm_limits.knnlm import SearchResults
+
+EXACT = {"exact_index": "exact", "exact_max_keys": 10**9, "approximate_index": "IVF4,PQ2", "index_train_sample": 100,
+         "nprobe": 1, "rerank": False}
+
+
+def _datastore(n=60, d=4, vocab=7, seed=0):
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((n, d)).astype(np.float16)
+    return keys, rng.integers(0, vocab, n).astype(np.int32)
+
+
+def _distribution(values, weights, vocab):
+    out = np.zeros(vocab)
+    np.add.at(out, values[values >= 0], weights[values >= 0])
+    return out
+
+
+@pytest.mark.parametrize("k", [5, 59, 200])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_kl_targets_are_a_softmax_over_the_other_entries(k, temperature):
+    """Each sampled entry's target equals softmax(-d / T) over its k nearest *other* entries,
+    summed by value, computed by brute force in float64."""
+    keys, values = _datastore()
+    rows = np.array([0, 7, 31, 59])
+    searcher = Searcher.in_memory(keys, EXACT)
+    got = list(knnlm.leave_one_out(searcher, keys, values, rows, k, temperature))
+    found, weights = np.concatenate([g[1] for g in got]), np.concatenate([g[2] for g in got])
+    assert found.shape[1] == min(k, len(keys) - 1)
+    wide = keys.astype(np.float64)
+    for i, row in enumerate(rows):
+        dist = ((wide - wide[row]) ** 2).sum(1)
+        dist[row] = np.inf  # the entry itself is never its own neighbour
+        nearest = np.argsort(dist, kind="stable")[: min(k, len(keys) - 1)]
+        w = np.exp(-(dist[nearest] - dist[nearest].min()) / temperature)
+        expected = _distribution(values[nearest], w / w.sum(), 7)
+        np.testing.assert_allclose(_distribution(found[i], weights[i], 7), expected, atol=1e-4)
+
+
+def test_kl_targets_written_and_read_back(tmp_path):
+    keys, values = _datastore()
+    rows = memory.kl_sample(len(keys), 10, seed=3)
+    memory.write_kl_targets(tmp_path / "kl", Searcher.in_memory(keys, EXACT), keys, values, rows, 8, 1.0)
+    got_rows, value_file, weight_file = memory.kl_targets(tmp_path / "kl")
+    np.testing.assert_array_equal(got_rows, rows)
+    assert np.load(value_file).shape == (10, 8) and np.load(weight_file).dtype == np.float16
+    np.testing.assert_allclose(np.load(weight_file).astype(np.float64).sum(1), 1.0, atol=2e-3)
+
+
+def _batch(alpha_rows=(0, 2), vocab=11, d=6, n=5, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    model = memory_mlp.build(d, vocab, 1, 2, head="random", seed=seed)
+    keys = rng.standard_normal((n, d)).astype(np.float32)
+    values = rng.integers(0, vocab, n)
+    kl_values = rng.integers(-1, vocab, (len(alpha_rows), k))
+    kl_values[:, 0] = rng.integers(0, vocab, len(alpha_rows))  # at least one neighbour each
+    w = np.where(kl_values >= 0, rng.random((len(alpha_rows), k)), 0.0)
+    w /= w.sum(1, keepdims=True)
+    batch = memory_mlp.Batch(torch.from_numpy(keys), torch.from_numpy(values), torch.tensor(alpha_rows),
+                             torch.from_numpy(kl_values), torch.from_numpy(w.astype(np.float32)),
+                             torch.from_numpy(memory_mlp.neg_entropy(kl_values, w)))
+    return model, batch, keys, values, kl_values, w
+
+
+def _dense_log_p(model, keys):
+    return torch.log_softmax(model(torch.from_numpy(keys)).double(), -1)
+
+
+def test_loss_at_alpha_0_is_the_cross_entropy_and_at_alpha_1_the_kl():
+    model, batch, keys, values, kl_values, w = _batch()
+    log_p = _dense_log_p(model, keys).detach().numpy()
+    ce = -log_p[np.arange(len(values)), values].mean()
+    assert memory_mlp.memory_loss(model, batch, 0.0).item() == pytest.approx(ce, rel=1e-5)
+    kl = []
+    for i, row in enumerate((0, 2)):
+        q = _distribution(kl_values[i], w[i], 11)
+        on = q > 0
+        kl.append((q[on] * (np.log(q[on]) - log_p[row][on])).sum())
+    assert memory_mlp.memory_loss(model, batch, 1.0).item() == pytest.approx(np.mean(kl), rel=1e-4, abs=1e-6)
+    mixed = 0.3 * np.mean(kl) + 0.7 * ce
+    assert memory_mlp.memory_loss(model, batch, 0.3).item() == pytest.approx(mixed, rel=1e-4)
+
+
+def test_fused_loss_gradient_is_autograds():
+    """The fused loss's gradients (hidden state and head) equal autograd through dense log-softmax."""
+    model, batch, keys, values, kl_values, w = _batch()
+    alpha = 0.4
+    memory_mlp.memory_loss(model, batch, alpha).backward()
+    fused = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    log_p = torch.log_softmax(model(batch.keys), -1)
+    ce = -log_p[torch.arange(len(values)), batch.values].mean()
+    q = torch.zeros_like(log_p[:2])
+    q.scatter_add_(1, batch.kl_values.clamp(min=0), torch.where(batch.kl_values >= 0, batch.kl_weights, 0.0))
+    kl = -(q * log_p[batch.kl]).sum(1).mean()  # + entropy, a constant
+    (alpha * kl + (1 - alpha) * ce).backward()
+    for got, p in zip(fused, model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_memory_learns_a_value_that_is_a_function_of_its_key():
+    """Values a deterministic (linearly separable) function of the key: the memory reaches a
+    training-key perplexity near 1."""
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((2000, 16)).astype(np.float16)
+    values = np.argmax(keys.astype(np.float32) @ rng.standard_normal((16, 12)), 1).astype(np.int32)
+    model = memory_mlp.build(16, 12, 2, 4, head="random", seed=0)
+    s = memory_mlp.settings(len(keys), 40, 250, lr=1e-2, seed=0)
+    memory_mlp.fit(model, memory_mlp.MemoryData(keys, values), s, alpha=0.0)
+    assert memory.perplexity(memory_mlp.target_logprob(model, keys, values)) < 1.3
+
+
+def test_an_epoch_visits_every_entry_once_in_blocks():
+    s = train.TrainSettings(checkpoints=[1], batch_size=100, seed=4)
+    n = 1000
+    steps = [memory_mlp.batch_rows(step, n, s, block=64, blocks=3) for step in range(10)]
+    assert np.array_equal(np.sort(np.concatenate(steps)), np.arange(n))
+    # a step's rows come from at most a couple of groups of 3 blocks: a few spans of the file
+    assert all(len(np.unique(rows // 64)) <= 6 for rows in steps)
+    assert np.array_equal(memory_mlp.batch_rows(3, n, s, 64, 3), steps[3])  # a function of (seed, step)
+
+
+def test_head_from_the_lm_and_frozen_head_not_counted():
+    from knnlm_limits import model as lm_model
+
+    lm = lm_model.build_model(50, 1, 8, 2, 16, seed=0)
+    trained = memory_mlp.build(8, 50, 1, 2, head="lm", lm=lm)
+    assert torch.equal(trained.head.weight, lm.lm_head.weight) and trained.head.weight.requires_grad
+    frozen = memory_mlp.build(8, 50, 1, 2, head="lm_frozen", lm=lm)
+    assert not frozen.head.weight.requires_grad
+    counts = memory.parameters(8, 50, 1, 2)
+    assert counts["body"] + counts["head"] == sum(p.numel() for p in frozen.parameters())
+    assert memory.memory_bytes(counts, "lm_frozen")["bytes_fp32"] == 4 * counts["body"]
+    assert memory.memory_bytes(counts, "lm")["bytes_fp32"] == 4 * (counts["body"] + counts["head"])
+
+
+def test_the_more_training_control_continues_the_lms_own_run(tmp_path):
+    """An LM trained 0 -> 6 in one run equals one trained 0 -> 3 (its checkpoint keeping the
+    optimizer state) and continued 3 -> 6 from that checkpoint: same data, same order, same
+    weights and optimizer state."""
+    from safetensors.torch import load_file
+
+    from knnlm_limits import model as lm_model
+    from knnlm_limits.tokens import from_sequences
+
+    examples = from_sequences(np.random.default_rng(1).integers(0, 90, size=(24, 12)))
+    common = dict(batch_size=4, lr=3e-3, warmup_steps=2, seed=5)
+    whole = train.TrainSettings(checkpoints=[3, 6], keep_optimizer=True, **common)
+    train.train(lm_model.build_model(90, 2, 16, 2, 16, seed=1), examples, whole,
+                {3: tmp_path / "a3", 6: tmp_path / "a6"}, tmp_path / "a.work")
+    first = train.TrainSettings(checkpoints=[3], keep_optimizer=True, **common)
+    train.train(lm_model.build_model(90, 2, 16, 2, 16, seed=1), examples, first, {3: tmp_path / "b3"}, tmp_path / "b.work")
+    assert (tmp_path / "b3" / "optimizer.pt").is_file()
+    lm = lm_model.load_lm(str(tmp_path / "b3"))
+    start = train.Start(3, torch.load(tmp_path / "b3" / "optimizer.pt", weights_only=True))
+    train.train(lm, examples, train.TrainSettings(checkpoints=[6], **common), {6: tmp_path / "c6"}, tmp_path / "c.work",
+                start=start)
+    a, c = load_file(tmp_path / "a6" / "model.safetensors"), load_file(tmp_path / "c6" / "model.safetensors")
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_memory_killed_mid_training_resumes_to_the_same_weights(tmp_path):
+    keys, values = _datastore(n=400, d=8, vocab=20)
+    rows = memory.kl_sample(len(keys), 50, seed=0)
+    memory.write_kl_targets(tmp_path / "kl", Searcher.in_memory(keys, EXACT), keys, values, rows, 16, 1.0)
+    data = memory_mlp.MemoryData(keys, values, *memory.kl_targets(tmp_path / "kl"))
+    s = memory_mlp.settings(len(data), 3, 64, lr=3e-3, seed=2, save_every=4)
+
+    def run(name, die_at=None):
+        model = memory_mlp.build(8, 20, 1, 2, head="random", seed=2)
+        loss = memory_mlp.loss_at(model, data, s, 0.5)
+
+        def maybe_die(step):
+            if step == die_at:
+                raise Killed(step)
+            return loss(step)
+        train.run(model, s, {s.total_steps: tmp_path / name}, tmp_path / f"{name}.work", maybe_die,
+                  data.fingerprint_arrays())
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    reference = run("reference")
+    with pytest.raises(Killed):
+        run("killed", die_at=s.total_steps - 3)
+    assert not (tmp_path / "killed").exists() and (tmp_path / "killed.work" / "state").is_dir()
+    resumed = run("killed")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    loaded = memory_mlp.MemoryMLP.from_pretrained(str(tmp_path / "killed"))
+    assert all(torch.equal(reference[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
+    """LM + memory is log(lam p_mem + (1 - lam) p_lm) per token, lam the validation grid's best;
+    the recovered fraction of the kNN-LM's gain is recomputed from the per-token columns."""
+    from knnlm_limits import findings
+
+    rng = np.random.default_rng(0)
+
+    def found(n):
+        return SearchResults(targets=rng.integers(0, 9, n), lm_logprob=np.log(rng.uniform(0.05, 0.5, n)).astype(np.float32),
+                             example=np.zeros(n, np.int64), dists=rng.uniform(0, 4, (n, 3)).astype(np.float32),
+                             nbr_values=rng.integers(0, 9, (n, 3)).astype(np.int32))
+
+    splits = {"valid": found(300), "test": found(400)}
+    mem = {s: np.log(rng.uniform(0.1, 0.9, len(f))) for s, f in splits.items()}
+    costs = {"bytes_fp32": 1000, "bytes_fp16": 500, "train_steps": 3}
+    lambdas = [0.1, 0.5, 0.9]
+    t = memory.tables(splits, (0.25, 1.0), (0.5, 2.0), {"x4-imitation": {"logprobs": mem, "costs": costs}}, None, {},
+                      10_000, "exact", lambdas, {"lambda": [0.25], "temperature": [1.0]},
+                      {"bootstrap_resamples": 200, "seed": 0})
+    lm_v = splits["valid"].lm_logprob.astype(np.float64)
+    by_hand = {lam: np.exp(-np.mean(np.log(lam * np.exp(mem["valid"]) + (1 - lam) * np.exp(lm_v)))) for lam in lambdas}
+    best = min(by_hand, key=by_hand.get)
+    lm_t = splits["test"].lm_logprob.astype(np.float64)
+    expected = np.log(best * np.exp(mem["test"]) + (1 - best) * np.exp(lm_t))
+    np.testing.assert_allclose(t["tokens"]["lm_memory_x4-imitation"], expected, rtol=1e-12)
+    grid = t["grid"].set_index("lambda").valid_perplexity
+    np.testing.assert_allclose([grid[lam] for lam in lambdas], [by_hand[lam] for lam in lambdas], rtol=1e-12)
+    rows = findings.memory(t["tokens"], t["table"], "x4-imitation", None, "lm", {}, 200, 0)
+    ppl = lambda col: np.exp(-t["tokens"][col].mean())  # noqa: E731
+    recovered = (ppl("lm") - ppl("lm_memory_x4-imitation")) / (ppl("lm") - ppl("knnlm_tuned"))
+    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and "tuned" in r["note"])
+    assert row["measured"] == pytest.approx(recovered, rel=1e-9) and row["ci_low"] <= row["measured"] <= row["ci_high"]
+    ratio = next(r for r in rows if r["finding"] == "memory_smaller_than_datastore")
+    assert ratio["measured"] == 10.0 and ratio["holds"]
