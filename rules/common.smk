@@ -337,9 +337,11 @@ def macondo_search(w):
     if not run.get("memory"):
         return knn_settings()
     m = config["memory"]
-    keys = ("layers", "expansion", "head", "alpha", "kl_positions", "seed", "epochs")
-    keys += ("batch_size", "lr", "warmup_steps", "weight_decay")
+    keys = ("layers", "expansion", "head", "alpha", "kl_positions", "seed")
+    keys += ("lr", "warmup_steps", "weight_decay")
     memory = {k: m[k] for k in keys} | {
+        "epochs": m["figure2_epochs"],  # its own budget: a Macondo datastore is small
+        "batch_size": m["figure2_batch_size"],
         "temperature": config["knn"]["temperature"],  # of its kNN targets
         "checkpoints": m["figure2"],
     }

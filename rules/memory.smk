@@ -102,6 +102,7 @@ rule more_training:
         train=train_params("corpus_lm"),
         seed=config["corpus_lm"]["seed"],
         windowing=windowing(),
+        batch_tokens=config["knn"]["batch_tokens"],
         work_dir=lambda w: f"{R}/models/{w.model}/more_training/.work-from-step-{w.step}",
     script:
         "../scripts/memory.py"
@@ -165,6 +166,7 @@ rule memory_table:
         control=memory_control(),
         codes=config["memory"]["frontier_pq"],
         head=config["memory"]["head"],
+        rerank=config["knn"]["rerank"],  # whether the search reads the keys (their bytes count)
         lambdas=config["memory"]["lambdas"],
         grid=canon(config["table1"]["grid"]),
         lam=config["knn"]["lambda"],

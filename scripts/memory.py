@@ -35,7 +35,7 @@ def more_training(inp, out, p, threads, log):
 
     memory_mlp.more_training(inp.model, inp.examples, inp.value_file, {s: inp[s] for s in SPLITS}, out.model,
                              out.logprobs, p.work_dir, p.step, p.train, p.seed, p.windowing,
-                             p.memory_shape, p.budget, log)
+                             p.memory_shape, p.budget, p.batch_tokens, log)
 
 
 def frontier_pq(inp, out, p, threads, log):
@@ -59,7 +59,7 @@ def memory_table(inp, out, p, threads, log):
           for code, v, t, index in zip(p.codes, inp.pq_valid, inp.pq_test, inp.pq_index)}
     with open(f"{inp.index}/index.json") as fh:
         index_kind = json.load(fh)["kind"]
-    datastore_bytes = sum(memory.folder_bytes(x) for x in (inp.key_file, inp.value_file, inp.index))
+    datastore_bytes = memory.datastore_bytes(inp.key_file, inp.value_file, inp.index, p.rerank)
     tuned = knnlm.tuned_setting(pd.read_csv(inp.grid))
     t = memory.tables(found, (p.lam, p.temperature), tuned, memories, more, pq, datastore_bytes, index_kind,
                       p.lambdas, p.grid, p.bootstrap)

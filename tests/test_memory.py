@@ -130,6 +130,25 @@ def test_an_epoch_visits_every_entry_once_in_blocks():
     assert np.array_equal(memory_mlp.batch_rows(3, n, s, 64, 3), steps[3])  # a function of (seed, step)
 
 
+@pytest.mark.parametrize("kind, rerank, counted", [
+    ("exact", False, {"keys", "values", "index"}), ("Flat", False, {"values", "index"}),
+    ("IVF32,PQ8", False, {"values", "index"}), ("IVF32,PQ8", True, {"keys", "values", "index"})])
+def test_a_datastores_bytes_are_what_its_search_reads(tmp_path, kind, rerank, counted):
+    """Keys count where the search reads them (exact blocks, or exact re-ranking); an index
+    that holds the keys (Flat) or their codes is counted instead."""
+    import json
+
+    (tmp_path / "index").mkdir()
+    manifest = json.dumps({"kind": kind})
+    (tmp_path / "index/index.json").write_text(manifest)
+    (tmp_path / "index/index.faiss").write_bytes(b"i" * 50)
+    sizes = {"keys": 1000, "values": 100, "index": 50 + len(manifest)}
+    (tmp_path / "keys.npy").write_bytes(b"k" * sizes["keys"])
+    (tmp_path / "values.npy").write_bytes(b"v" * sizes["values"])
+    got = memory.datastore_bytes(tmp_path / "keys.npy", tmp_path / "values.npy", tmp_path / "index", rerank)
+    assert got == sum(sizes[part] for part in counted)
+
+
 def test_head_from_the_lm_and_frozen_head_not_counted():
     from knnlm_limits import model as lm_model
 
@@ -234,5 +253,9 @@ def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
     recovered = (ppl("lm") - ppl("lm_memory_x4-imitation")) / (ppl("lm") - ppl("knnlm_tuned"))
     row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and "tuned" in r["note"])
     assert row["measured"] == pytest.approx(recovered, rel=1e-9) and row["ci_low"] <= row["measured"] <= row["ci_high"]
+    # at the fixed setting, both sides fixed: the memory at knn.lambda, the kNN-LM at (knn.lambda, T)
+    fixed = (ppl("lm") - ppl("lm_memory_x4-imitation_fixed")) / (ppl("lm") - ppl("knnlm_fixed"))
+    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and "tuned" not in r["note"])
+    assert row["measured"] == pytest.approx(fixed, rel=1e-9)
     ratio = next(r for r in rows if r["finding"] == "memory_smaller_than_datastore")
     assert ratio["measured"] == 10.0 and ratio["holds"]

@@ -87,7 +87,8 @@ def memory_logprob(lm, searcher, keys, values, queries, targets, knn: dict, memo
     s = memory_mlp.settings(len(data), memory["epochs"], memory["batch_size"], lr=memory["lr"],
                             warmup_steps=memory["warmup_steps"], weight_decay=memory["weight_decay"], seed=memory["seed"])
     memory_mlp.fit(mlp, data, s, memory["alpha"])
-    print(f"memory: {len(data)} entries, {len(rows)} kNN targets, {s.total_steps} steps", file=log)
+    print(f"memory: {len(data)} entries, {len(rows)} kNN targets, {s.total_steps} steps of {s.batch_size}, "
+          f"warm-up {s.warmup_steps}, lr {s.lr}", file=log)
     return memory_mlp.target_logprob(mlp, queries, targets)
 
 

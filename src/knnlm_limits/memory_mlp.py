@@ -273,10 +273,12 @@ def batch_rows(step: int, n: int, s: TrainSettings, block: int = READ_BLOCK, blo
     return np.sort(out)
 
 
-def settings(n_entries: int, epochs: float, batch_size: int, **train) -> TrainSettings:
-    """TrainSettings of a memory trained `epochs` passes over n_entries entries."""
+def settings(n_entries: int, epochs: float, batch_size: int, warmup_steps: int = 0, **train) -> TrainSettings:
+    """TrainSettings of a memory trained `epochs` passes over n_entries entries; its warm-up
+    is at most a tenth of its steps (a small datastore's memory would never leave it)."""
     steps = max(1, math.ceil(epochs * n_entries / batch_size))
-    return TrainSettings(checkpoints=[steps], batch_size=batch_size, **train)
+    return TrainSettings(checkpoints=[steps], batch_size=batch_size, warmup_steps=min(warmup_steps, steps // 10),
+                         **train)
 
 
 def loss_at(model: MemoryMLP, data: MemoryData, s: TrainSettings, alpha: float):
@@ -383,7 +385,7 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
     model = model.to(best_device())
     s = settings(len(data), **train)
     print(f"{len(data)} entries, {len(data.kl_rows)} with a kNN target; alpha {alpha}; {s.total_steps} steps of "
-          f"{s.batch_size}", file=log, flush=True)
+          f"{s.batch_size}, warm-up {s.warmup_steps}", file=log, flush=True)
     training.run(model, s, {s.total_steps: out_model}, work_dir, loss_at(model, data, s, alpha),
                  data.fingerprint_arrays(), log, desc="memory")
     logprobs = {split: target_logprob(model, np.load(queries[split], mmap_mode="r"), SearchResults.load(found[split]).targets)
@@ -402,7 +404,8 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
 
 
 def more_training(model_dir, examples_file, value_file, splits: dict, out_model, out_logprobs, work_dir, step: int,
-                  train: dict, seed: int, windowing: dict, memory_shape: dict, budget: dict, log=None) -> None:
+                  train: dict, seed: int, windowing: dict, memory_shape: dict, budget: dict, batch_tokens: int,
+                  log=None) -> None:
     """The more_training job: the scale point's LM trained further from its own weights and
     optimizer state, on the same training blocks in the same order, for the memory's training
     compute (or epochs); then its log-prob of every evaluated target (an LM-only pass)."""
@@ -435,5 +438,5 @@ def more_training(model_dir, examples_file, value_file, splits: dict, out_model,
     logprobs = {}
     for split, path in splits.items():
         examples = windows(load_stream(path), windowing["block_size"], windowing["stride"])
-        logprobs[split] = lm_and_queries(lm, examples, None, log=log)[0].lm_logprob.astype(np.float64)
+        logprobs[split] = lm_and_queries(lm, examples, None, batch_tokens, log)[0].lm_logprob.astype(np.float64)
     io.save_npz(out_logprobs, **logprobs, extra_steps=np.asarray(extra))

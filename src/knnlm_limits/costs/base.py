@@ -168,6 +168,12 @@ def gpu_resident(size: dict, batch_tokens: int, uses_gpu: bool) -> float:
     return (size["params"] * 4 + act) / MB
 
 
+def lm_pass_mb(config: dict, size: dict) -> float:
+    """Peak MB of an LM pass over evaluation windows beyond the model (knnlm.lm_and_queries):
+    a batch of knn.batch_tokens positions' logits over the vocabulary, held twice."""
+    return config["knn"]["batch_tokens"] * size["vocab"] * 4 * measured()["lm_pass_logit_copies"] / MB
+
+
 def positions_bytes(config: dict) -> float:
     """Bytes a job holds per evaluated position: its k neighbour distances (float32) and values (int32)."""
     return 8.0 * config["knn"]["k"]

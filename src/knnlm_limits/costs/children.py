@@ -28,10 +28,10 @@ def children_eval(job: Job) -> Estimate:
         m = job.config["memory"]
         counts = memory.parameters(size["d"], size["vocab"], m["layers"], m["expansion"])
         entries = measured()["macondo_eval_tokens"]
-        flops = memory.training_flops(counts, m["head"], entries, m["epochs"])
+        flops = memory.training_flops(counts, m["head"], entries, m["figure2_epochs"])
         memories = n_checkpoints if m["figure2"] == "all" else 1
         est.minutes += memories * seconds(flops, job.uses_gpu, job.threads) / 60
-        est.mem_mb += (16 * (counts["body"] + counts["head"]) + m["batch_size"] * size["vocab"] * 8) / MB
+        est.mem_mb += (16 * (counts["body"] + counts["head"]) + m["figure2_batch_size"] * size["vocab"] * 8) / MB
     return est
 
 

@@ -2,35 +2,35 @@
 position's k neighbours, one split after the other, SEARCH_BATCH queries at a time."""
 
 from ..index import BLOCK_BYTES, EXACT_KINDS, choose
-from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, measured,
-                   seconds, unknown, window_factor)
+from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
+                   measured, seconds, unknown, window_factor)
 from .index import ivf_shape
 
 
 def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: str, threads: int,
-           rerank: bool = False) -> tuple[float, float]:
-    """(MB beyond the process, seconds) of searching `queries` queries (at most `biggest` held
-    at once) among n_keys keys of width d through an index of `kind`.
+           rerank: bool = False) -> tuple[float, float, float]:
+    """(MB held, MB of one batch's temporaries, seconds) of searching `queries` queries (at
+    most `biggest` held at once) among n_keys keys of width d through an index of `kind`.
 
     Held: the biggest split's k neighbour distances and values (8 bytes each) and queries,
-    and one batch's temporaries; exact search adds its float32 key block (index.exact_search).
+    and an approximate index (read whole). A batch: its results and merge heap, and for exact
+    search its float32 key block (index.exact_search).
     """
     m, k = measured(), min(config["knn"]["k"], n_keys)
     batch = min(SEARCH_BATCH, biggest)
-    mem = biggest * (8 * k + 4 * d + m["search_bytes_per_position"]) / MB
+    held = biggest * (8 * k + 4 * d + m["search_bytes_per_position"]) / MB
     if kind in EXACT_KINDS:
         block_rows = min(n_keys, max(k, BLOCK_BYTES // (4 * d)))
-        mem += (block_rows * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
-        secs = seconds(2 * queries * n_keys * d, False, threads)
-        return mem, secs
+        temporaries = (block_rows * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
+        return held, temporaries, seconds(2 * queries * n_keys * d, False, threads)
     nlist, code = ivf_shape(kind, d)
-    mem += n_keys * (code + (8 if nlist > 1 else 0)) / MB  # the index is read whole
-    mem += batch * k * m["approximate_search_bytes_per_neighbour"] / MB
+    held += n_keys * (code + (8 if nlist > 1 else 0)) / MB
+    temporaries = batch * k * m["approximate_search_bytes_per_neighbour"] / MB
     scanned = queries * n_keys * min(1.0, config["knn"]["nprobe"] / nlist)
     secs = scanned * code * m["pq_seconds_per_code_byte"] / max(1, threads)
     if rerank:
         secs += queries * k * assumed()["random_read_seconds"] / max(1, threads)
-    return mem, secs
+    return held, temporaries, secs
 
 
 @cost("knn_search")
@@ -41,8 +41,11 @@ def knn_search(job: Job) -> Estimate:
     knn, d = job.config["knn"], size["d"]
     kind = choose(n_keys, knn)
     queries = valid + test
-    mem, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, knn["rerank"])
-    mem += measured()["process_mb"] + size["params"] * 4 / MB
+    held, temporaries, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, knn["rerank"])
+    # the LM pass and the search run one after the other: the larger of their peaks (the
+    # LM's logits are on the GPU where it runs on one)
+    lm_pass = 0.0 if job.uses_gpu else lm_pass_mb(job.config, size)
+    mem = measured()["process_mb"] + size["params"] * 4 / MB + held + max(temporaries, lm_pass)
     secs += forward_seconds(size, queries * window_factor(job.config), job.uses_gpu, job.threads)
     if kind not in EXACT_KINDS:  # the sampled test queries searched exactly too (search_fidelity)
         secs += seconds(2 * min(knn["fidelity_queries"], test) * n_keys * d, False, job.threads)

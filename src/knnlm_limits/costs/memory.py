@@ -5,8 +5,8 @@ quantised datastores and the table."""
 
 from .. import memory
 from ..index import choose
-from .base import (Estimate, MB, Job, cost, forward_seconds, measured, positions_bytes, seconds, small_job, unknown,
-                   window_factor)
+from .base import (Estimate, MB, Job, cost, forward_seconds, lm_pass_mb, measured, positions_bytes, seconds, small_job,
+                   unknown, window_factor)
 from .index import build
 from .knnlm import search
 from .train import training
@@ -24,10 +24,10 @@ def memory_targets(job: Job) -> Estimate:
         return unknown("datastore size unknown")
     knn, sample = job.config["knn"], job.config["memory"]["kl_positions"] or n_keys
     queries = min(sample, n_keys)
-    mem, secs = search(job.config, n_keys, size["d"], queries, min(queries, 4096), choose(n_keys, knn), job.threads,
-                       knn["rerank"])
+    held, temporaries, secs = search(job.config, n_keys, size["d"], queries, min(queries, 4096), choose(n_keys, knn),
+                                     job.threads, knn["rerank"])
     k = min(knn["k"], n_keys)
-    return Estimate(measured()["light_process_mb"] + mem, 1 + secs / 60, disk_mb=queries * k * 6 / MB)
+    return Estimate(measured()["light_process_mb"] + held + temporaries, 1 + secs / 60, disk_mb=queries * k * 6 / MB)
 
 
 @cost("train_memory")
@@ -46,11 +46,11 @@ def train_memory(job: Job) -> Estimate:
     flops = memory.training_flops(counts, m["head"], n_keys, m["epochs"])
     secs = seconds(flops, job.uses_gpu, job.threads) + seconds(2 * params * (valid + test), job.uses_gpu, job.threads)
     kind = choose(n_keys, knn)
-    search_mem, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"], kind,
-                                     job.threads, knn["rerank"])
+    held, temporaries, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"],
+                                            kind, job.threads, knn["rerank"])
     secs += 2 * search_secs  # the search timed beside the memory, best of two
     gpu = (state / MB) if job.uses_gpu else 0.0
-    return Estimate(mem + search_mem, 1 + secs / 60, gpu, 4 * params * 4 / MB, job.uses_gpu)
+    return Estimate(mem + held + temporaries, 1 + secs / 60, gpu, 4 * params * 4 / MB, job.uses_gpu)
 
 
 @cost("more_training")
@@ -65,6 +65,13 @@ def more_training(job: Job) -> Estimate:
                                        size["params"], train["batch_size"] * block, m["epochs"], n_keys)
     est = training(job, size, {**train, "checkpoints": [steps]}, block, data_tokens=n_keys, steps=steps)
     est.minutes += forward_seconds(size, (valid + test) * window_factor(job.config), job.uses_gpu, job.threads) / 60
+    # then an LM pass over the evaluation splits, its training state gone: its logits live
+    # where the model runs
+    evaluation = size["params"] * 4 / MB + lm_pass_mb(job.config, size)
+    if job.uses_gpu:
+        est.gpu_mem_mb = max(est.gpu_mem_mb, evaluation)
+    else:
+        est.mem_mb = max(est.mem_mb, measured()["process_mb"] + evaluation)
     return est
 
 
@@ -76,9 +83,11 @@ def frontier_pq(job: Job) -> Estimate:
     m = job.config["memory"]
     factory = m["frontier_index"].format(code=job.wildcards["code"])
     built = build(factory, n_keys, size["d"], m["frontier_train_sample"], job.threads)
-    mem, secs = search(job.config, n_keys, size["d"], valid + test, max(valid, test), factory, job.threads)
-    return Estimate(measured()["light_process_mb"] + max(built.mem_mb - measured()["process_mb"], 0) + mem,
-                    built.minutes + secs / 60, disk_mb=built.disk_mb + (valid + test) * 8 * job.config["knn"]["k"] / MB)
+    held, temporaries, secs = search(job.config, n_keys, size["d"], valid + test, max(valid, test), factory,
+                                     job.threads)
+    mem = measured()["light_process_mb"] + max(built.mem_mb - measured()["process_mb"], 0) + held + temporaries
+    return Estimate(mem, built.minutes + secs / 60,
+                    disk_mb=built.disk_mb + (valid + test) * 8 * job.config["knn"]["k"] / MB)
 
 
 @cost("memory_table")
