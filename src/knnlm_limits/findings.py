@@ -83,12 +83,16 @@ def _gap(means: np.ndarray) -> np.ndarray:
     return (ppl[..., 2] - ppl[..., 1]) / (ppl[..., 0] - ppl[..., 1])
 
 
+def _ppl_difference(means: np.ndarray) -> np.ndarray:
+    """ppl of column 0 minus ppl of column 1, from their mean log-probs."""
+    return np.exp(-means[..., 0]) - np.exp(-means[..., 1])
+
+
 def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray, summary: pd.DataFrame,
            scale: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Table 1's claims at one scale point."""
     tokens = f"{len(per_token)} test tokens"
-    diff = bootstrap_ci(np.column_stack([test_lm, test_knnlm]),
-                        lambda m: np.exp(-m[..., 0]) - np.exp(-m[..., 1]), n_resamples, seed)
+    diff = bootstrap_ci(np.column_stack([test_lm, test_knnlm]), _ppl_difference, n_resamples, seed)
     rows = [_row("knnlm_beats_lm", "20.13 - 16.92 = 3.21 (kNN-LM lower)", diff,
                  "ppl_lm - ppl_knnlm on the whole evaluated test set; holds if its 95% CI is above 0",
                  _above(0), f"{len(test_lm)} test tokens", scale)]
@@ -131,11 +135,6 @@ def _recovered(means: np.ndarray) -> np.ndarray:
     """(ppl_lm - ppl_mix) / (ppl_lm - ppl_knnlm) from mean log-probs [lm, mix, knnlm]."""
     ppl = np.exp(-means)
     return (ppl[..., 0] - ppl[..., 1]) / (ppl[..., 0] - ppl[..., 2])
-
-
-def _ppl_difference(means: np.ndarray) -> np.ndarray:
-    """ppl of column 0 minus ppl of column 1, from their mean log-probs."""
-    return np.exp(-means[..., 0]) - np.exp(-means[..., 1])
 
 
 def memory(tokens: pd.DataFrame, table: pd.DataFrame, main: str, control: str | None, head: str, scale: dict,

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import io
+# NumPy only (planning reads this module)
+from .knnlm import (SearchResults, grid as knn_grid, interpolate, knnlm_logprob, leave_one_out, perplexity,
+                    sample_rows, search_neighbours, tuned_setting)
 
 KL_FILES = ("rows", "values", "weights")
 OBJECTIVES = ("imitation", "values")  # alpha = memory.alpha, alpha = 0 (keys to values: the control)
@@ -86,8 +89,6 @@ def folder_bytes(path) -> int:
 
 def kl_sample(n_entries: int, n: int | None, seed: int) -> np.ndarray:
     """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None)."""
-    from .knnlm import sample_rows
-
     return np.arange(n_entries) if n is None else sample_rows(n_entries, n, seed)
 
 
@@ -107,8 +108,6 @@ def check_one_entry_per_position(positions_path, chunk: int = 2**22) -> None:
 def write_kl_targets(folder, searcher, keys, values, rows: np.ndarray, k: int, temperature: float,
                      log=None) -> int:
     """Each sampled entry's leave-one-out p_kNN, written batch by batch into `folder`."""
-    from .knnlm import leave_one_out
-
     width = max(0, min(k, searcher.width(k + 1) - 1))
     with io.atomic_path(folder) as tmp, contextlib.ExitStack() as files:
         tmp.mkdir()
@@ -131,14 +130,8 @@ def kl_targets(folder) -> tuple:
 # ---------------------------------------------------------------- lambda_m, the table, the frontier
 
 
-def perplexity(logprobs) -> float:
-    return float(np.exp(-np.mean(np.asarray(logprobs, dtype=np.float64))))
-
-
 def lambda_grid(lm_valid: np.ndarray, mem_valid: np.ndarray, lambdas) -> list[dict]:
     """Validation perplexity of LM + memory at each lambda_m."""
-    from .knnlm import interpolate
-
     lm = np.asarray(lm_valid, dtype=np.float64)
     return [{"lambda": lam, "perplexity": perplexity(interpolate(lm, mem_valid, lam))} for lam in lambdas]
 
@@ -169,7 +162,6 @@ def frontier_search(key_file, value_file, queries: dict, found: dict, out_index,
     import faiss
 
     from .index import Searcher, build
-    from .knnlm import SearchResults, search_neighbours
 
     values = np.load(value_file, mmap_mode="r")
     index = build(key_file, factory, train_sample, log=log)
@@ -194,8 +186,6 @@ def memory_name(expansion: int, objective: str) -> str:
 
 def _results(found):
     """SearchResults, from its file or as given."""
-    from .knnlm import SearchResults
-
     return found if isinstance(found, SearchResults) else SearchResults.load(found)
 
 
@@ -215,7 +205,6 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
     """
     import pandas as pd
 
-    from .knnlm import grid as knn_grid, interpolate, knnlm_logprob, tuned_setting
 
     lm_valid = _results(found["valid"]).lm_logprob.astype(np.float64)
     test = _results(found["test"])
