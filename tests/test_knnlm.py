@@ -89,3 +89,17 @@ def test_grid_contains_fixed_setting(setup):
     at = grid[(grid["lambda"] == 0.25) & (grid.temperature == 1.0)].perplexity.item()
     assert at == pytest.approx(knnlm.perplexity(knnlm.knnlm_logprob(found, 0.25, 1.0)))
     assert grid[grid["lambda"] == 0.0].perplexity.nunique() == 1
+
+
+def test_search_results_load_without_neighbours(tmp_path):
+    """neighbours=False gives the per-position arrays as stored and leaves the (N, k) ones out."""
+    rng = np.random.default_rng(0)
+    found = knnlm.SearchResults(rng.integers(0, 9, 6), rng.normal(size=6).astype(np.float32), np.arange(6),
+                                rng.random((6, 4)).astype(np.float32), rng.integers(-1, 9, (6, 4)).astype(np.int32),
+                                rng.normal(size=6))
+    found.save(tmp_path / "found.npz")
+    whole = knnlm.SearchResults.load(tmp_path / "found.npz")
+    light = knnlm.SearchResults.load(tmp_path / "found.npz", neighbours=False)
+    assert whole.has_neighbours and not light.has_neighbours and light.nbr_values is None
+    for name in ("targets", "lm_logprob", "example", "memory_logprob"):
+        np.testing.assert_array_equal(getattr(light, name), getattr(found, name))

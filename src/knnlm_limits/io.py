@@ -153,10 +153,11 @@ def save_npy(path, array) -> None:
             np.save(fh, array)
 
 
-def load_npz(path) -> dict:
+def load_npz(path, names=None) -> dict:
+    """The arrays of an .npz file, or only those in `names` (the others are never read)."""
     # allow_pickle=False: nothing untrusted is unpickled.
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if names is None or k in names}
 
 
 def save_figure(fig, png_path, pdf_path=None) -> None:

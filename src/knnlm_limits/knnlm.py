@@ -29,6 +29,7 @@ from .tokens import Examples, batches_by_tokens, pad_batch, scored_mask
 # TEMPORARIES of them alive at once) take ~CHUNK_BYTES: at k = 1024, 1,638 rows.
 CHUNK_BYTES = 64 * 2**20
 TEMPORARIES = 5
+NEIGHBOUR_ARRAYS = ("dists", "nbr_values")  # SearchResults' (N, k) arrays
 
 
 @dataclass
@@ -70,8 +71,11 @@ class SearchResults:
         return cls(**arrays)
 
     @classmethod
-    def load(cls, path) -> "SearchResults":
-        return cls.from_arrays(io.load_npz(path), path)
+    def load(cls, path, neighbours: bool = True) -> "SearchResults":
+        """The stored results; with neighbours=False the per-position arrays only (the (N, k)
+        neighbours, most of the file, are not read)."""
+        names = None if neighbours else [f.name for f in fields(cls) if f.name not in NEIGHBOUR_ARRAYS]
+        return cls.from_arrays(io.load_npz(path, names), path)
 
 
 def sample_rows(n_rows: int, n: int, seed: int) -> np.ndarray:

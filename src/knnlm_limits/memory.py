@@ -171,10 +171,9 @@ def frontier_search(key_file, value_file, queries: dict, found: dict, out_index,
         (tmp / "index.json").write_text(json.dumps({"kind": factory, "keys": int(index.ntotal), "rerank": False}) + "\n")
     searcher = Searcher(key_file, factory, index, nprobe, rerank_exact=False, threads=threads)
     for split, path in queries.items():
-        exact = SearchResults.load(found[split])
-        lm_only = SearchResults(exact.targets, exact.lm_logprob, exact.example)
+        lm_only = SearchResults.load(found[split], neighbours=False)  # the exact search's neighbours not read
         search_neighbours(searcher, values, lm_only, np.load(path, mmap_mode="r"), k, log).save(out_found[split])
-        print(f"{split}: {len(exact)} queries searched through {factory}", file=log)
+        print(f"{split}: {len(lm_only)} queries searched through {factory}", file=log)
 
 
 # ---------------------------------------------------------------- the memory table and the frontier
@@ -184,9 +183,9 @@ def memory_name(expansion: int, objective: str) -> str:
     return f"x{expansion}-{objective}"
 
 
-def _results(found):
+def _results(found, neighbours: bool = True):
     """SearchResults, from its file or as given."""
-    return found if isinstance(found, SearchResults) else SearchResults.load(found)
+    return found if isinstance(found, SearchResults) else SearchResults.load(found, neighbours)
 
 
 def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict | None, pq: dict,
@@ -206,7 +205,7 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
     import pandas as pd
 
 
-    lm_valid = _results(found["valid"]).lm_logprob.astype(np.float64)
+    lm_valid = _results(found["valid"], neighbours=False).lm_logprob.astype(np.float64)
     test = _results(found["test"])
     tokens = {"position": np.arange(len(test)), "target": test.targets, "lm": test.lm_logprob.astype(np.float64),
               "knnlm_fixed": knnlm_logprob(test, *fixed), "knnlm_tuned": knnlm_logprob(test, *tuned)}

@@ -388,7 +388,8 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
           f"{s.batch_size}, warm-up {s.warmup_steps}", file=log, flush=True)
     training.run(model, s, {s.total_steps: out_model}, work_dir, loss_at(model, data, s, alpha),
                  data.fingerprint_arrays(), log, desc="memory")
-    logprobs = {split: target_logprob(model, np.load(queries[split], mmap_mode="r"), SearchResults.load(found[split]).targets)
+    logprobs = {split: target_logprob(model, np.load(queries[split], mmap_mode="r"),
+                                      SearchResults.load(found[split], neighbours=False).targets)
                 for split in ("valid", "test")}
     io.save_npz(out_logprobs, **logprobs)
     q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
