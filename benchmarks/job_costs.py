@@ -126,13 +126,13 @@ def fit_exact_search(runs: list[dict]) -> float:
     """Bytes per neighbour of one exact-search batch: the search job's peak RSS less the
     modelled key block, per-position arrays and model, against the batch's neighbours (each
     split under one search batch, so a batch is the biggest split)."""
-    from knnlm_limits.index import BLOCK_BYTES
+    from knnlm_limits.index import exact_block_rows
 
     d, rest, cells = SHAPE["n_embd"], [], []
     for r in runs:
         n_keys = r["tokens"]["train"]
         k = min(K, n_keys)
-        block = min(n_keys, max(k, BLOCK_BYTES // (4 * d))) * d * 4
+        block = exact_block_rows(n_keys, k, d) * d * 4
         rss = r["jobs"]["knn_search"][0] * 2**20
         rest.append(rss - block - r["biggest"] * (8 * k + 4 * d))
         cells.append(r["biggest"] * k)

@@ -1,6 +1,5 @@
 # The parametric-memory stage (rules/memory.smk): one function per rule, each unpacking the
 # snakemake object for the package (knnlm_limits.memory, knnlm_limits.memory_mlp).
-import json
 
 import numpy as np
 
@@ -50,15 +49,16 @@ def memory_table(inp, out, p, threads, log):
     import pandas as pd
 
     from knnlm_limits import figures, findings, io, knnlm, memory
+    from knnlm_limits.index import read_manifest
 
     found = {s: inp[f"found_{s}"] for s in SPLITS}
     memories = {name: {"logprobs": io.load_npz(lp), "costs": pd.read_csv(c).iloc[0].to_dict()}
                 for name, lp, c in zip(p.memories, inp.logprobs, inp.costs)}
     more = io.load_npz(inp.more) if "more" in inp.keys() else None
-    pq = {code: {"valid": v, "test": t, "bytes": memory.folder_bytes(index) + memory.folder_bytes(inp.value_file)}
+    # a PQ datastore is searched without re-ranking: its codes and values, no keys
+    pq = {code: {"valid": v, "test": t, "bytes": memory.datastore_bytes(inp.key_file, inp.value_file, index, False)}
           for code, v, t, index in zip(p.codes, inp.pq_valid, inp.pq_test, inp.pq_index)}
-    with open(f"{inp.index}/index.json") as fh:
-        index_kind = json.load(fh)["kind"]
+    index_kind = read_manifest(inp.index)["kind"]
     datastore_bytes = memory.datastore_bytes(inp.key_file, inp.value_file, inp.index, p.rerank)
     tuned = knnlm.tuned_setting(pd.read_csv(inp.grid))
     t = memory.tables(found, (p.lam, p.temperature), tuned, memories, more, pq, datastore_bytes, index_kind,

@@ -106,7 +106,7 @@ def _pread_exactly(fd: int, out: np.ndarray, offset: int) -> None:
         view, offset = view[got:], offset + got
 
 
-def _rows(keys):
+def as_rows(keys):
     """A .npy path as NpyRows; an array as itself."""
     return NpyRows(keys) if isinstance(keys, (str, bytes)) or hasattr(keys, "__fspath__") else keys
 
@@ -157,7 +157,7 @@ def _without_polysemous_training(index) -> None:
 def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
           chunk: int = 16_384, log=None) -> faiss.Index:
     """A FAISS index of `keys` (a .npy path, read in chunks, or an array)."""
-    keys = _rows(keys)
+    keys = as_rows(keys)
     n, dim = keys.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
     _without_polysemous_training(index)
@@ -204,7 +204,17 @@ def write(index_dir, key_file, settings: dict, log=None) -> dict:
     return manifest
 
 
+def read_manifest(index_dir) -> dict:
+    """An index folder's index.json: its kind (and what the stage that wrote it records)."""
+    return json.loads((Path(index_dir) / "index.json").read_text())
+
+
 # ---------------------------------------------------------------- searching
+
+
+def exact_block_rows(n_keys: int, k: int, dim: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Keys in one float32 block of exact search: block_bytes' worth, at least k, at most all."""
+    return min(n_keys, max(k, block_bytes // (4 * dim)))
 
 
 def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYTES):
@@ -214,11 +224,11 @@ def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYT
     buffer is filled a few float16 rows at a time (no second copy of the block),
     searched with FAISS's BLAS kernel, and its top-k merged into a running heap.
     """
-    keys = _rows(keys)
+    keys = as_rows(keys)
     n, dim = keys.shape
     k = min(k, n)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    rows = min(n, max(k, block_bytes // (4 * dim)))
+    rows = exact_block_rows(n, k, dim, block_bytes)
     block = np.empty((rows, dim), dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k)
     for start in range(0, n, rows):
@@ -241,7 +251,7 @@ def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray,
     a sub-batch reads each distinct key once, in file order (not one random read
     per neighbour, in retrieval order).
     """
-    keys = _rows(keys)
+    keys = as_rows(keys)
     per_query = max(1, ids.shape[1] * keys.shape[1] * 4)
     step = max(1, budget_bytes // per_query)
     exact = np.empty_like(dists)
@@ -298,7 +308,7 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir, key_file, settings: dict) -> "Searcher":
-        manifest = json.loads((Path(index_dir) / "index.json").read_text())
+        manifest = read_manifest(index_dir)
         index = None if manifest["kind"] == EXACT else faiss.read_index(str(Path(index_dir) / "index.faiss"))
         return cls(key_file, manifest["kind"], index, settings["nprobe"], settings["rerank"],
                    settings.get("threads", READ_THREADS))
@@ -312,7 +322,7 @@ class Searcher:
 
     def width(self, k: int) -> int:
         """k' = min(k, datastore size): the neighbours a search gives each query."""
-        return min(k, len(_rows(self.key_file)) if self.index is None else self.index.ntotal)
+        return min(k, len(as_rows(self.key_file)) if self.index is None else self.index.ntotal)
 
     def batches(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
         """(rows, dists, ids) of each batch of queries in turn, rows the batch's slice of

@@ -192,9 +192,9 @@ def leave_one_out(searcher, keys, values, rows: np.ndarray, k: int, temperature:
     training position (the datastore stage's contract), so the entry is the only one of
     its position.
     """
-    from .index import _rows
+    from .index import as_rows
 
-    keys, rows = _rows(keys), np.asarray(rows, dtype=np.int64)
+    keys, rows = as_rows(keys), np.asarray(rows, dtype=np.int64)
     for start in tqdm(range(0, len(rows), batch), file=log, mininterval=5, desc="leave-one-out"):
         own = rows[start : start + batch]
         dists, ids = searcher.search(np.asarray(keys[own], dtype=np.float32), k + 1)

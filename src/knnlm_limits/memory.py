@@ -69,11 +69,9 @@ def datastore_bytes(key_file, value_file, index_dir, rerank: bool) -> int:
     """Bytes a kNN-LM reads at query time: its values and index, and its float16 keys where
     the search reads them (exact search over the key file; exact re-ranking of an
     approximate index's neighbours). A Flat / SQfp16 index holds the keys itself."""
-    import json
+    from .index import EXACT, EXACT_KINDS, read_manifest
 
-    from .index import EXACT, EXACT_KINDS
-
-    kind = json.loads((Path(index_dir) / "index.json").read_text())["kind"]
+    kind = read_manifest(index_dir)["kind"]
     reads_keys = kind == EXACT or (rerank and kind not in EXACT_KINDS)
     return folder_bytes(value_file) + folder_bytes(index_dir) + (folder_bytes(key_file) if reads_keys else 0)
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .index import _rows
+from .index import as_rows
 from .train import TrainSettings
 
 # Logits per chunk of the fused loss (as train.HeadCrossEntropy): at a 16k vocabulary a whole
@@ -208,9 +208,9 @@ class MemoryData:
     """
 
     def __init__(self, keys, values, kl_rows=None, kl_values=None, kl_weights=None):
-        self.keys, self.values = _rows(keys), values
+        self.keys, self.values = as_rows(keys), values
         self.kl_rows = np.zeros(0, np.int64) if kl_rows is None else np.asarray(kl_rows, dtype=np.int64)
-        self.kl_values, self.kl_weights = _rows(kl_values), _rows(kl_weights)
+        self.kl_values, self.kl_weights = as_rows(kl_values), as_rows(kl_weights)
 
     def __len__(self) -> int:
         return len(self.values)

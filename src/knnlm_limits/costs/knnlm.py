@@ -1,7 +1,7 @@
 """Cost of the kNN-LM search (rules/knnlm.smk): the LM over the evaluation splits, then each
 position's k neighbours, one split after the other, SEARCH_BATCH queries at a time."""
 
-from ..index import BLOCK_BYTES, EXACT_KINDS, choose
+from ..index import EXACT_KINDS, choose, exact_block_rows
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
                    measured, seconds, unknown, window_factor)
 from .index import ivf_shape
@@ -20,8 +20,7 @@ def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: 
     batch = min(SEARCH_BATCH, biggest)
     held = biggest * (8 * k + 4 * d + m["search_bytes_per_position"]) / MB
     if kind in EXACT_KINDS:
-        block_rows = min(n_keys, max(k, BLOCK_BYTES // (4 * d)))
-        temporaries = (block_rows * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
+        temporaries = (exact_block_rows(n_keys, k, d) * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
         return held, temporaries, seconds(2 * queries * n_keys * d, False, threads)
     nlist, code = ivf_shape(kind, d)
     held += n_keys * (code + (8 if nlist > 1 else 0)) / MB
