@@ -150,6 +150,14 @@ def search_queries(model, step, key):
     }
 
 
+def search_results(model, step, key):
+    """The search's stored results of each evaluated split (knnlm.SearchResults)."""
+    return {
+        f"found_{split}": knn_file(model, step, key, split)
+        for split in ("valid", "test")
+    }
+
+
 def table1_dir(model, step, key):
     return f"{R}/table1/{knn_point(model, step, key)}"
 
@@ -432,8 +440,7 @@ def memory_inputs(w):
         **datastore(*point),
         "lm": model_dir(w.model, w.step),
         **search_queries(*point),
-        "found_valid": knn_file(*point, "valid"),
-        "found_test": knn_file(*point, "test"),
+        **search_results(*point),
         "index": index_dir(*point),
     }
     if memory_alpha(w.objective) > 0:
@@ -473,8 +480,7 @@ def memory_table_inputs(w):
     variants = memory_variants()
     codes = config["memory"]["frontier_pq"]
     out = {
-        "found_valid": knn_file(*point, "valid"),
-        "found_test": knn_file(*point, "test"),
+        **search_results(*point),
         "grid": f"{table1_dir(*point)}/grid.csv",
         "model": model_dir(w.model, w.step),  # its config.json: the scale point's shape
         **datastore(*point),

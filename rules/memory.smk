@@ -112,8 +112,7 @@ rule frontier_pq:
     input:
         **datastore("{model}", "{step}", "{key}"),
         **search_queries("{model}", "{step}", "{key}"),
-        found_valid=knn_file("{model}", "{step}", "{key}", "valid"),
-        found_test=knn_file("{model}", "{step}", "{key}", "test"),
+        **search_results("{model}", "{step}", "{key}"),
     output:
         index=directory(frontier_index_dir("{model}", "{step}", "{key}", "{code}")),
         valid=frontier_file("{model}", "{step}", "{key}", "{code}", "valid"),
