@@ -291,22 +291,15 @@ def loss_at(model: MemoryMLP, data: MemoryData, s: TrainSettings, alpha: float):
 
 
 def fit(model: MemoryMLP, data: MemoryData, s: TrainSettings, alpha: float) -> MemoryMLP:
-    """Train in memory, no resumable state (a small datastore inside one job: Macondo's).
-    The same steps as train.run takes."""
-    from .train import _optimizer, lr_at
+    """Train in memory, no resumable state (a small datastore inside one job: Macondo's):
+    train.run's steps, without its checkpoints."""
+    from .train import _optimizer, autocast_for, take_step
 
     model.float().train()
     optimizer = _optimizer(model, s)
-    step_loss = loss_at(model, data, s, alpha)
+    step_loss, autocast = loss_at(model, data, s, alpha), autocast_for(next(model.parameters()).device)
     for step in range(s.total_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s)
-        loss = step_loss(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        optimizer.step()
+        take_step(model, optimizer, s, step, step_loss, autocast)
     return model.eval()
 
 

@@ -367,6 +367,30 @@ def _save_checkpoint(model, optimizer, folder: Path, s: TrainSettings) -> None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on a GPU; on a CPU, float32 as is."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def take_step(model, optimizer, s: TrainSettings, step: int, loss_at, autocast) -> float:
+    """Training step `step`: its seed and learning rate, loss_at(step) backpropagated, the
+    gradient clipped and AdamW applied. The step's loss."""
+    torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, s)
+    with autocast:
+        loss = loss_at(step)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss is {value} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    optimizer.step()
+    return value
+
+
 def run(model, s: TrainSettings, out_dirs: dict[int, str], work_dir, loss_at, data, log=None,
         start: Start | None = None, desc: str = "train") -> None:
     """The resumable loop: step by step, loss_at(step) backpropagated and AdamW applied, the
@@ -385,22 +409,11 @@ def run(model, s: TrainSettings, out_dirs: dict[int, str], work_dir, loss_at, da
         _save_checkpoint(model, optimizer, work_dir / f"step-{begin}", s)
 
     model.train()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = autocast_for(device)
     bar = tqdm(range(first, s.total_steps), initial=first, total=s.total_steps, file=log, mininterval=5, desc=desc)
     for step in bar:
-        torch.manual_seed(s.seed * 1_000_003 + step)  # this step's dropout noise
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, s)
-        with autocast:
-            loss = loss_at(step)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        loss = take_step(model, optimizer, s, step, loss_at, autocast)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         done = step + 1
         if done in s.checkpoints:
             _save_checkpoint(model, optimizer, work_dir / f"step-{done}", s)
