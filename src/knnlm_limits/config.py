@@ -202,12 +202,21 @@ def is_path_by_form(name: str) -> bool:
             or name.rstrip("/").count("/") > 1)
 
 
+# (section, key) of every setting that names a model or tokenizer ("a hub id or a local
+# folder"); corpus_lm.pretrained is a list of them
+MODEL_SETTINGS = (("tokenizer", "pretrained"), ("corpus_lm", "pretrained"), ("overspecification", "base_model"),
+                  ("chat", "model"))
+
+
 def model_settings(config: dict) -> dict[str, str]:
     """{config key: hub id or local folder} of every setting that names a model or tokenizer."""
-    named = {"tokenizer.pretrained": config["tokenizer"]["pretrained"]}
-    named |= {f"corpus_lm.pretrained[{i}]": name for i, name in enumerate(config["corpus_lm"]["pretrained"])}
-    named |= {"overspecification.base_model": config["overspecification"]["base_model"],
-              "chat.model": config["chat"]["model"]}
+    named = {}
+    for section, key in MODEL_SETTINGS:
+        value = config[section][key]
+        if isinstance(value, list):
+            named |= {f"{section}.{key}[{i}]": name for i, name in enumerate(value)}
+        else:
+            named[f"{section}.{key}"] = value
     return {key: name for key, name in named.items() if name and name != "corpus_lm"}
 
 
@@ -216,10 +225,9 @@ def expand_home(config: dict) -> None:
     def expand(name):
         return str(Path(name).expanduser()) if isinstance(name, str) and name.startswith("~") else name
 
-    config["tokenizer"]["pretrained"] = expand(config["tokenizer"]["pretrained"])
-    config["corpus_lm"]["pretrained"] = [expand(n) for n in config["corpus_lm"]["pretrained"]]
-    config["overspecification"]["base_model"] = expand(config["overspecification"]["base_model"])
-    config["chat"]["model"] = expand(config["chat"]["model"])
+    for section, key in MODEL_SETTINGS:
+        value = config[section][key]
+        config[section][key] = [expand(n) for n in value] if isinstance(value, list) else expand(value)
 
 
 def check_model_paths(config: dict, base_dir: Path) -> None:
@@ -275,7 +283,7 @@ def check_local_models(config: dict, base_dir: Path) -> None:
             check_factory(config["knn"]["approximate_index"], dim, "knn.approximate_index")
         # the frontier's product-quantised datastores: every code size must divide every key width
         for code in config["memory"]["frontier_pq"]:
-            for dim in [*sorted(dims)] or [PARSE_DIM]:
+            for dim in sorted(dims) or [PARSE_DIM]:
                 check_factory(config["memory"]["frontier_index"].format(code=code), dim, "memory.frontier_pq")
     except IndexConfigError as err:
         raise ConfigError(str(err)) from None
