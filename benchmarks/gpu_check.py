@@ -88,27 +88,23 @@ def build_lm(size: Size, device):
 
 
 def train_steps(lm, size: Size, batch: int, block: int, steps: int, device) -> float:
-    """Seconds per training step of `batch` x `block` tokens: the training stage's loss and
-    optimizer, bf16 autocast on a GPU (as train.train runs it)."""
-    settings = train.TrainSettings(checkpoints=[steps], batch_size=batch, lr=1e-4)
+    """Seconds per training step of `batch` x `block` tokens: the training stage's own step
+    (train.take_step: its loss, clipping and optimizer, bf16 autocast on a GPU)."""
+    settings = train.TrainSettings(checkpoints=[steps + 1], batch_size=batch, lr=1e-4)
     optimizer = train._optimizer(lm, settings)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = train.autocast_for(device)
     ids = torch.randint(0, size.vocab, (batch, block), device=device)
     scored = torch.ones(batch, block - 1, dtype=torch.bool, device=device)
     lm.train()
 
-    def step():
-        with autocast:
-            loss = train.lm_loss(lm, ids, scored)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step(i: int):
+        train.take_step(lm, optimizer, settings, i, lambda _: train.lm_loss(lm, ids, scored), autocast)
 
-    step()  # warm-up: kernels chosen, memory allocated
+    step(0)  # warm-up: kernels chosen, memory allocated
     sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for i in range(1, steps + 1):
+        step(i)
     sync(device)
     return (time.perf_counter() - start) / steps
 
