@@ -164,10 +164,10 @@ def neg_entropy(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_y q(y) log q(y) of each row's distribution q: weights summed by value (-1: none)."""
     rows = np.broadcast_to(np.arange(len(values))[:, None], values.shape)
     keep = (values >= 0) & (weights > 0)
-    flat = rows[keep].astype(np.int64) * (int(values.max(initial=0)) + 1) + values[keep]
-    cell, inverse = np.unique(flat, return_inverse=True)
+    width = int(values.max(initial=0)) + 1  # (row, value) -> one cell id
+    cell, inverse = np.unique(rows[keep].astype(np.int64) * width + values[keep], return_inverse=True)
     q = np.bincount(inverse, weights=weights[keep])
-    return np.bincount(cell // (int(values.max(initial=0)) + 1), weights=q * np.log(q), minlength=len(values))
+    return np.bincount(cell // width, weights=q * np.log(q), minlength=len(values))
 
 
 @dataclass
