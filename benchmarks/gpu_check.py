@@ -1,4 +1,4 @@
-"""One command that checks a GPU against the cost model's assumed GPU terms (`make gpu-check`).
+"""One command that checks a GPU against the cost model's GPU terms (`make gpu-check`).
 
 On a machine with a CUDA GPU, in a few minutes:
 
@@ -13,8 +13,9 @@ On a machine with a CUDA GPU, in a few minutes:
   (the optional extra `gpu`: faiss-gpu-cu12 in place of faiss-cpu), on the GPU.
 
 It prints each measurement beside the term of src/knnlm_limits/costs/costs.yaml it checks
-(`gpu_flops`, `activation_bytes_per_token_layer_dim`, `gpu_seconds_per_step_layer`,
-`pq_seconds_per_code_byte`), with measured / what costs.yaml predicts, and writes them as CSV
+(`measured_gpu`: `gpu_flops`, `gpu_fp32_forward_flops`, `activation_bytes_per_token_layer_dim`,
+`gpu_seconds_per_step_layer`, and FAISS's `*_search_thread_efficiency` on the CPU threads beside
+the GPU), with measured / what costs.yaml predicts, and writes them as CSV
 (benchmarks/out/gpu_check.csv). Without a GPU it runs the same code at toy size on the CPU
 and says what it skipped, so that the check keeps working where no GPU is lent.
 
@@ -39,6 +40,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 
 from knnlm_limits import costs, model, train  # noqa: E402
+from knnlm_limits.costs.base import search_threads  # noqa: E402
 from knnlm_limits.index import exact_search  # noqa: E402
 
 
@@ -156,15 +158,15 @@ def _timed(fn) -> float:
 
 
 def run(size: Size, device, faiss_gpu: bool) -> tuple[list[dict], list[str]]:
-    """The measurements as rows (measured beside the assumed term) and what was skipped."""
-    assumed, measured = costs.table()["assumed"], costs.table()["measured"]
+    """The measurements as rows (measured beside the cost model's term) and what was skipped."""
+    gpu_terms, measured = costs.table()["measured_gpu"], costs.table()["measured"]
     rows, skipped = [], []
     gpu = device.type == "cuda"
 
-    def row(what, value, unit, term=None, assumed_value=None, peak=None):
-        ratio = value / assumed_value if assumed_value else None
+    def row(what, value, unit, term=None, model_value=None, peak=None):
+        ratio = value / model_value if model_value else None
         rows.append({"what": what, "measured": value, "unit": unit, "cost_term": term or "",
-                     "cost_model": assumed_value, "measured_over_model": ratio, "peak_gpu_mb": peak})
+                     "cost_model": model_value, "measured_over_model": ratio, "peak_gpu_mb": peak})
 
     lm = build_lm(size, device)
     params = sum(p.numel() for p in lm.parameters())
@@ -177,30 +179,34 @@ def run(size: Size, device, faiss_gpu: bool) -> tuple[list[dict], list[str]]:
     flops = 6 * params * tokens / secs
     row("training: effective FLOP/s (6 x params x tokens/s)", flops, "FLOP/s",
         "gpu_flops" if gpu else "cpu_flops_per_thread",
-        assumed["gpu_flops"] if gpu else measured["cpu_flops_per_thread"] * torch.get_num_threads(), train_peak)
+        gpu_terms["gpu_flops"] if gpu else measured["cpu_flops_per_thread"] * torch.get_num_threads(), train_peak)
     if gpu:
         activation = (train_peak * 1e6 - 16 * params) / (tokens * size.n_layer * size.n_embd)
         row("training: activation bytes per token, layer and width", activation, "bytes",
-            "activation_bytes_per_token_layer_dim", assumed["activation_bytes_per_token_layer_dim"], train_peak)
+            "activation_bytes_per_token_layer_dim", gpu_terms["activation_bytes_per_token_layer_dim"], train_peak)
         small = train_steps(lm, size, 1, 64, size.steps, device)
         row("training step at batch 1 x 64: seconds per layer", small / size.n_layer, "s",
-            "gpu_seconds_per_step_layer", assumed["gpu_seconds_per_step_layer"])
+            "gpu_seconds_per_step_layer", gpu_terms["gpu_seconds_per_step_layer"])
     else:
         skipped += ["bf16 autocast (CUDA only)", "activation memory (no GPU memory to read)",
                     "launch-bound small steps (gpu_seconds_per_step_layer)"]
     reset_peak(device)
     secs = embed_seconds(lm, size, size.steps, device)
     row("datastore embedding (keys only, float32)", tokens / secs, "tokens/s",
-        "gpu_flops" if gpu else "cpu_flops_per_thread",
-        (assumed["gpu_flops"] if gpu else measured["cpu_flops_per_thread"] * torch.get_num_threads())
+        "gpu_fp32_forward_flops" if gpu else "cpu_flops_per_thread",
+        (gpu_terms["gpu_fp32_forward_flops"] if gpu else measured["cpu_flops_per_thread"] * torch.get_num_threads())
         / (2 * params), peak_mb(device))
     del lm
     cpu = faiss_rates(size, on_gpu=False)
     code = int(size.ivf.split("PQ")[1])
     scanned = size.keys * min(1.0, size.nprobe / faiss.extract_index_ivf(faiss.index_factory(size.n_embd, size.ivf)).nlist)
-    row(f"FAISS exact search on the CPU, {size.keys} keys, k {size.k}", cpu["exact"], "queries/s")
-    row(f"FAISS {size.ivf} search on the CPU, nprobe {size.nprobe}", cpu["ivf"], "queries/s",
-        "pq_seconds_per_code_byte", 1 / (measured["pq_seconds_per_code_byte"] * scanned * code / faiss.omp_get_max_threads()))
+    threads = faiss.omp_get_max_threads()
+    row(f"FAISS exact search on the CPU, {size.keys} keys, k {size.k}, {threads} threads", cpu["exact"], "queries/s",
+        "exact_search_thread_efficiency", measured["cpu_flops_per_thread"] * search_threads(threads, "exact")
+        / (2 * size.keys * size.n_embd))
+    row(f"FAISS {size.ivf} search on the CPU, nprobe {size.nprobe}, {threads} threads", cpu["ivf"], "queries/s",
+        "pq_search_thread_efficiency",
+        search_threads(threads, "pq") / (measured["pq_seconds_per_code_byte"] * scanned * code))
     if faiss_gpu:
         on_gpu = faiss_rates(size, on_gpu=True)
         row(f"FAISS exact search on the GPU, {size.keys} keys", on_gpu["exact"], "queries/s")

@@ -28,6 +28,10 @@ def assumed() -> dict:
     return table()["assumed"]
 
 
+def measured_gpu() -> dict:
+    return table()["measured_gpu"]
+
+
 @dataclass
 class Estimate:
     """One job's expected peak host RSS, GPU memory, bytes written and wall time."""
@@ -150,21 +154,32 @@ class Job:
 # ---------------------------------------------------------------- shared per-unit formulas
 
 
-def seconds(flops: float, uses_gpu: bool, threads: int) -> float:
+def seconds(flops: float, uses_gpu: bool, threads: int, float32: bool = False) -> float:
+    """Seconds of `flops` on a GPU (bf16 autocast, as training runs; float32=True: a float32
+    pass, as evaluation runs) or on `threads` CPU threads."""
     if uses_gpu:
-        return flops / assumed()["gpu_flops"]
+        return flops / measured_gpu()["gpu_fp32_forward_flops" if float32 else "gpu_flops"]
     return flops / (measured()["cpu_flops_per_thread"] * max(1, threads))
 
 
 def forward_seconds(size: dict, tokens: float, uses_gpu: bool, threads: int) -> float:
-    return seconds(2 * size["params"] * tokens, uses_gpu, threads)
+    """A float32 forward pass over `tokens` (datastore, evaluation: no autocast)."""
+    return seconds(2 * size["params"] * tokens, uses_gpu, threads, float32=True)
+
+
+def search_threads(threads: int, kind: str) -> float:
+    """The threads' worth of a FAISS search on `threads` threads: the per-thread costs were
+    fitted on 2; on 16 threads exact search ran at 0.74 and IVF-PQ at 0.29 of 8x that
+    (measured_gpu: the GPU machine's CPU). kind: 'exact' or 'pq'."""
+    threads = max(1, threads)
+    return threads if threads <= 2 else threads * measured_gpu()[f"{kind}_search_thread_efficiency"]
 
 
 def gpu_resident(size: dict, batch_tokens: int, uses_gpu: bool) -> float:
     """GPU MB of a model in float32 and the activations of one batch."""
     if not uses_gpu:
         return 0.0
-    act = batch_tokens * size["d"] * assumed()["activation_bytes_per_token_layer_dim"]
+    act = batch_tokens * size["d"] * measured_gpu()["activation_bytes_per_token_layer_dim"]
     return (size["params"] * 4 + act) / MB
 
 

@@ -3,8 +3,13 @@ position's k neighbours, one split after the other, SEARCH_BATCH queries at a ti
 
 from ..index import EXACT_KINDS, choose, exact_block_rows
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
-                   measured, seconds, unknown, window_factor)
+                   measured, search_threads, seconds, unknown, window_factor)
 from .index import ivf_shape
+
+
+def exact_seconds(queries: int, n_keys: int, d: int, threads: int) -> float:
+    """Exact search of `queries` queries among n_keys keys of width d: a BLAS pass."""
+    return 2 * queries * n_keys * d / (measured()["cpu_flops_per_thread"] * search_threads(threads, "exact"))
 
 
 def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: str, threads: int,
@@ -21,12 +26,12 @@ def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: 
     held = biggest * (8 * k + 4 * d + m["search_bytes_per_position"]) / MB
     if kind in EXACT_KINDS:
         temporaries = (exact_block_rows(n_keys, k, d) * d * 4 + batch * k * m["exact_search_bytes_per_neighbour"]) / MB
-        return held, temporaries, seconds(2 * queries * n_keys * d, False, threads)
+        return held, temporaries, exact_seconds(queries, n_keys, d, threads)
     nlist, code = ivf_shape(kind, d)
     held += n_keys * (code + (8 if nlist > 1 else 0)) / MB
     temporaries = batch * k * m["approximate_search_bytes_per_neighbour"] / MB
     scanned = queries * n_keys * min(1.0, config["knn"]["nprobe"] / nlist)
-    secs = scanned * code * m["pq_seconds_per_code_byte"] / max(1, threads)
+    secs = scanned * code * m["pq_seconds_per_code_byte"] / search_threads(threads, "pq")
     if rerank:
         secs += queries * k * assumed()["random_read_seconds"] / max(1, threads)
     return held, temporaries, secs
@@ -47,7 +52,7 @@ def knn_search(job: Job) -> Estimate:
     mem = measured()["process_mb"] + size["params"] * 4 / MB + held + max(temporaries, lm_pass)
     secs += forward_seconds(size, queries * window_factor(job.config), job.uses_gpu, job.threads)
     if kind not in EXACT_KINDS:  # the sampled test queries searched exactly too (search_fidelity)
-        secs += seconds(2 * min(knn["fidelity_queries"], test) * n_keys * d, False, job.threads)
+        secs += exact_seconds(min(knn["fidelity_queries"], test), n_keys, d, job.threads)
     k = min(knn["k"], n_keys)
     disk = queries * 8 * k / MB + test * 8 * k / MB + queries * 4 * d / MB  # neighbours; test ids; queries
     return Estimate(mem, secs / 60, gpu_resident(size, knn["batch_tokens"], job.uses_gpu), disk, job.uses_gpu)

@@ -44,7 +44,8 @@ def train_memory(job: Job) -> Estimate:
     state = 16 * params + batch * size["vocab"] * 4 * 2 + batch * knn["k"] * 16
     mem = measured()["process_mb"] + (state + n_keys * 4 + max(valid, test) * (4 * size["d"] + 8)) / MB
     flops = memory.training_flops(counts, m["head"], n_keys, m["epochs"])
-    secs = seconds(flops, job.uses_gpu, job.threads) + seconds(2 * params * (valid + test), job.uses_gpu, job.threads)
+    secs = seconds(flops, job.uses_gpu, job.threads) + seconds(2 * params * (valid + test), job.uses_gpu, job.threads,
+                                                               float32=True)
     kind = choose(n_keys, knn)
     held, temporaries, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"],
                                             kind, job.threads, knn["rerank"])

@@ -31,7 +31,7 @@ def projection(job: Job) -> Estimate:
            + (0 if job.uses_gpu else solver_mb))
     iterations = p["steps"] * 2 + p["lbfgs_steps"] * 2  # f and f∘g by Adam, f by L-BFGS (with line search)
     flops = rows * iterations * 6 * size["vocab"] * size["d"]
-    secs = (seconds(flops, job.uses_gpu, job.threads)
+    secs = (seconds(flops, job.uses_gpu, job.threads, float32=True)  # the solver runs in float32
             + forward_seconds(size, test * window_factor(job.config), job.uses_gpu, job.threads))
     gpu = (solver_mb + size["params"] * 4 / MB) if job.uses_gpu else 0.0
     return Estimate(mem, secs / 60, gpu, 0.0, job.uses_gpu)

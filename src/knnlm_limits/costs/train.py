@@ -1,14 +1,14 @@
 """Costs of the training stage (rules/train.smk): the corpus LMs, Figure 1's runs, the
 fine-tuning of Figures 2 and 3, and the import of pretrained models."""
 
-from .base import Estimate, MB, Job, assumed, cost, measured, seconds, unknown
+from .base import Estimate, MB, Job, cost, measured, measured_gpu, seconds, unknown
 
 
 def train_memory(size: dict, tokens_per_step: int, uses_gpu: bool) -> tuple[float, float]:
     """(host MB, GPU MB) of training: float32 weights, gradients and two AdamW moments
     (16 bytes a parameter) plus activations per token in the batch."""
     state = 16 * size["params"]
-    activations = tokens_per_step * size["layers"] * size["d"] * assumed()["activation_bytes_per_token_layer_dim"]
+    activations = tokens_per_step * size["layers"] * size["d"] * measured_gpu()["activation_bytes_per_token_layer_dim"]
     device = (state + activations) / MB
     host = measured()["process_mb"] + (size["params"] * 4 / MB if uses_gpu else device)
     return host, (device if uses_gpu else 0.0)
@@ -26,7 +26,7 @@ def training(job: Job, size: dict | None, train: dict, tokens_per_example: int, 
     host += data_tokens * measured()["train_bytes_per_data_token"] / MB
     secs = seconds(6 * size["params"] * tokens_per_step * steps, job.uses_gpu, job.threads)
     if job.uses_gpu:  # a small batch does not fill a GPU: each step costs its kernel launches at least
-        secs += steps * size["layers"] * assumed()["gpu_seconds_per_step_layer"]
+        secs += steps * size["layers"] * measured_gpu()["gpu_seconds_per_step_layer"]
     n_ckpt = len(train["checkpoints"])
     disk = n_ckpt * size["params"] * 4 / MB + 3 * size["params"] * 4 / MB  # checkpoints + resumable state
     return Estimate(host, secs / 60, gpu, disk, job.uses_gpu)
