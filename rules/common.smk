@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from knnlm_limits import costs
-from knnlm_limits.config import pretrained_models
+from knnlm_limits.config import pretrained_models, previous_checkpoint
 from knnlm_limits.families import KEY_KINDS
 from knnlm_limits.memory import OBJECTIVES, memory_name
 
@@ -71,9 +71,10 @@ def model_dir(model, step):
     return f"{R}/models/{model}/step-{step}"
 
 
-def work_dir(model):
-    """Where a training run keeps its resumable state and checkpoints until it publishes them."""
-    return f"{R}/models/{model}/.work"
+def work_dir(model, step=None):
+    """Where a training job keeps its resumable state and checkpoints until it publishes them
+    (a job of one checkpoint: one folder a checkpoint)."""
+    return f"{R}/models/{model}/.work" + ("" if step is None else f"-step-{step}")
 
 
 def windowing():
@@ -255,12 +256,34 @@ def chat_tokenizer():
 
 
 def train_params(section):
-    """Exactly the training settings a training rule reads."""
-    return canon(config[section]["train"])
+    """The training settings a training job reads, the checkpoint list aside: the steps a run
+    takes do not depend on where it stops, so appending a checkpoint changes no existing job's
+    params (a job's own checkpoints are its params `checkpoints` / `step`)."""
+    return {k: v for k, v in canon(config[section]["train"]).items() if k != "checkpoints"}
+
+
+def checkpoint_before(section, step):
+    """The checkpoint a job of one checkpoint continues from (None: the first)."""
+    steps = config[section]["train"]["checkpoints"]
+    return previous_checkpoint(steps, step, f"{section}.train.checkpoints")
+
+
+def continued_from(model, section, init=None):
+    """Input function of a job of one checkpoint: the checkpoint it continues from, or for
+    the first, `init` (the model a fine-tuning starts from; None: random weights)."""
+
+    def start(w):
+        before = checkpoint_before(section, w.step)
+        if before is not None:
+            return {"previous": model_dir(model, before)}
+        return {} if init is None else {"init": init}
+
+    return start
 
 
 def ckpt_dirs(model, section):
-    steps = config[section]["train"]["checkpoints"]
+    """A whole run's checkpoint folders, in the order of its job's params.checkpoints."""
+    steps = sorted(config[section]["train"]["checkpoints"])
     return [directory(model_dir(model, s)) for s in steps]
 
 

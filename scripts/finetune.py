@@ -1,12 +1,16 @@
-# Fine-tune a model from a checkpoint: Figure 2 (Macondo v2) and Figure 3 (chat turns).
+# Fine-tune a model: Figure 2 (Macondo v2, a job a run) and Figure 3 (chat turns, a job a
+# checkpoint, each continuing the one before).
 from knnlm_limits import model, train
 from knnlm_limits.snake import logged
 from knnlm_limits.tokens import Examples
 
 with logged(snakemake) as log:
     p = snakemake.params
-    lm = model.load_lm(snakemake.input.init)
-    settings = train.TrainSettings(**p.train, seed=p.seed)
-    # the outputs are one folder per checkpoint, in the order of the config's list (ckpt_dirs)
+    if p.start is None:
+        lm, start = model.load_lm(snakemake.input.init), None
+    else:
+        lm, start = train.continued(snakemake.input.previous, p.start)
+    settings = train.TrainSettings(**p.train, checkpoints=p.checkpoints, seed=p.seed, keep_optimizer=p.keep_optimizer)
+    # the outputs are one folder per checkpoint, in the order of params.checkpoints
     out_dirs = dict(zip(settings.checkpoints, snakemake.output, strict=True))
-    train.train(lm, Examples.load(snakemake.input.examples), settings, out_dirs, p.work_dir, log=log)
+    train.train(lm, Examples.load(snakemake.input.examples), settings, out_dirs, p.work_dir, log=log, start=start)

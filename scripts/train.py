@@ -1,5 +1,5 @@
-# Train a model from random weights: the corpus LM (on blocks of the corpus stream)
-# or a Figure 1 model (on Macondo sentences).
+# Train a model from random weights: the corpus LM (on blocks of the corpus stream; a job a
+# checkpoint, each continuing the one before) or a Figure 1 run (on Macondo sentences).
 from knnlm_limits import model, tokenizer, train
 from knnlm_limits.snake import logged
 from knnlm_limits.tokens import Examples, blocks, load_stream
@@ -10,11 +10,15 @@ with logged(snakemake) as log:
         examples = blocks(load_stream(snakemake.input.examples), p.block_size)
     else:
         examples = Examples.load(snakemake.input.examples)
-    tok = tokenizer.load(snakemake.input.tokenizer)
-    shape = {k: v for k, v in p.shape.items() if k != "name"}
-    lm = model.build_model(vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
-                           eos_token_id=tok.eos_token_id, seed=p.seed, **shape).to(model.best_device())
-    settings = train.TrainSettings(**p.train, seed=p.seed, keep_optimizer=p.get("keep_optimizer", False))
-    # the outputs are one folder per checkpoint, in the order of the config's list (ckpt_dirs)
+    settings = train.TrainSettings(**p.train, checkpoints=p.checkpoints, seed=p.seed, keep_optimizer=p.keep_optimizer)
+    if p.start is None:
+        tok = tokenizer.load(snakemake.input.tokenizer)
+        shape = {k: v for k, v in p.shape.items() if k != "name"}
+        lm = model.build_model(vocab_size=len(tok), n_positions=p.n_positions, drop_last_mlp=p.drop_last_mlp,
+                               eos_token_id=tok.eos_token_id, seed=p.seed, **shape).to(model.best_device())
+        start = None
+    else:
+        lm, start = train.continued(snakemake.input.previous, p.start)
+    # the outputs are one folder per checkpoint, in the order of params.checkpoints
     out_dirs = dict(zip(settings.checkpoints, snakemake.output, strict=True))
-    train.train(lm, examples, settings, out_dirs, p.work_dir, log=log)
+    train.train(lm, examples, settings, out_dirs, p.work_dir, log=log, start=start)

@@ -29,8 +29,8 @@ def test_dry_run_plans_the_default_dag(tmp_path):
     (["config/paper.yaml"], {"train_memorization": 10, "children_eval": 15, "train_overspecification": 5,
                              "import_pretrained": 2, "knn_search": 1}),
     (["config/pretrained.yaml"], {"import_pretrained": 1, "knn_search": 1, "projection": 1}),
-    (["config/wikitext2-local.yaml", "config/sweep.yaml"], {"train_corpus_lm": 3, "table1": 6, "train_memorization": 20}),
-    (["config/paper.yaml", "config/paper-sweep.yaml"], {"train_corpus_lm": 3, "table1": 6, "train_memorization": 20}),
+    (["config/wikitext2-local.yaml", "config/sweep.yaml"], {"train_corpus_lm": 6, "table1": 6, "train_memorization": 20}),
+    (["config/paper.yaml", "config/paper-sweep.yaml"], {"train_corpus_lm": 6, "table1": 6, "train_memorization": 20}),
     (["config/rehearsal.yaml"], {"import_pretrained": 3, "table1": 3, "train_memorization": 8}),
 ])
 def test_shipped_configs_plan_offline(tmp_path, configs, expected):
@@ -119,7 +119,7 @@ def test_tiny_dag_produces_every_result(tiny_runs):
     knn_rows = found.finding.isin(["knnlm_beats_lm", "knn_helps_overspecification", "knn_high_from_random_encoder"])
     assert (found[knn_rows].key == "mlp_input").all()
     assert found[found.finding.isin(["overspecification_gap", "no_last_mlp_learns_faster_early"])].key.isna().all()
-    assert (results / "logs/train/corpus_lm/tiny.log").read_text().strip()  # every log goes to its file
+    assert (results / "logs/train/corpus_lm/tiny/step-20.log").read_text().strip()  # every log goes to its file
 
 
 def test_two_runs_write_identical_csvs(tiny_runs):

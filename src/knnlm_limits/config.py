@@ -182,6 +182,18 @@ def check_semantics(config: dict) -> None:
                           f"({config['corpus']['block_size']}); windows would skip tokens")
 
 
+def previous_checkpoint(checkpoints, step: int, key: str) -> int | None:
+    """The checkpoint a training job of `step` continues from: the one before it in the
+    config's list `key` (None: the first, which starts from the initial weights). The steps
+    a run takes do not depend on where it stops (train.lr_at), so each checkpoint is a job
+    of its own and appending one plans only the new steps."""
+    step = int(step)
+    if step not in checkpoints:
+        raise ValueError(f"step {step} is not one of {key} ({sorted(checkpoints)})")
+    earlier = [c for c in checkpoints if c < step]
+    return max(earlier) if earlier else None
+
+
 def _local(name: str, base_dir: Path) -> Path | None:
     """The folder a model name points at, if it is a local folder."""
     path = _as_path(name, base_dir)

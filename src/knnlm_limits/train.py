@@ -194,6 +194,27 @@ class Start:
     optimizer: dict
 
 
+OPTIMIZER_FILE = "optimizer.pt"  # beside a checkpoint's weights when its run keeps it (keep_optimizer)
+
+
+def continued(checkpoint_dir, step: int, device=None):
+    """(model, Start) that continue a run from its checkpoint of `step`: the checkpoint's
+    weights and optimizer state. A later checkpoint's job continues the earlier one's
+    (rules/train.smk), as the more-training control continues the corpus LM."""
+    from .model import best_device, load_lm
+
+    device = device or best_device()
+    state = Path(checkpoint_dir) / OPTIMIZER_FILE
+    if not state.is_file():
+        raise FileNotFoundError(f"{state}: the checkpoint keeps no optimizer state to continue its run from (it "
+                                "predates train.keep_optimizer): delete it and its later checkpoints, then rerun")
+    optimizer = torch.load(state, weights_only=True, map_location=device)  # tensors and numbers only
+    taken = {int(v["step"]) for v in optimizer.get("state", {}).values() if "step" in v}
+    if taken and taken != {step}:  # AdamW counts its steps: a checkpoint of another step is a wrong input
+        raise ValueError(f"{checkpoint_dir}: its optimizer state has taken {sorted(taken)} steps, not {step}")
+    return load_lm(str(checkpoint_dir), device=device), Start(step, optimizer)
+
+
 def fingerprint(model, data, s: TrainSettings, start: Start | None = None) -> str:
     """What a resumable state must have been made from: settings, seed, data (Examples, or
     the arrays that stand for it), initial model and the step it starts from."""
@@ -364,7 +385,7 @@ def _save_checkpoint(model, optimizer, folder: Path, s: TrainSettings) -> None:
     with io.atomic_path(folder) as tmp:
         model.save_pretrained(tmp)
         if s.keep_optimizer:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
 
 
 def autocast_for(device: torch.device):
