@@ -1,7 +1,8 @@
 # knnlm-limits: reproduce "On Retrieval Augmentation and the Limitations of
 # Language Model Training" (Chiang et al.). Stages, one rule file each:
-#   corpus -> tokenizer -> macondo -> train -> datastore -> index -> knnlm
-#   -> table1 (projection, inspection) / memory (a parametric memory in place of the
+#   corpus -> tokenizer -> macondo -> train -> datastore (in shards) -> index -> knnlm
+#   -> table1 (projection, inspection) / datastore_scaling (the kNN-LM over the first s
+#   shards) / memory (a parametric memory in place of the
 #   datastore) / memorization (Figure 1) / overspecification (Figure 2) / chat (Figure 3)
 #   -> findings
 import sys
@@ -33,6 +34,7 @@ include: "rules/index.smk"
 include: "rules/knnlm.smk"
 include: "rules/table1.smk"
 include: "rules/inspection.smk"
+include: "rules/datastore_scaling.smk"
 include: "rules/memory.smk"
 include: "rules/children.smk"
 include: "rules/memorization.smk"

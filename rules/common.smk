@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from knnlm_limits import costs
-from knnlm_limits.config import pretrained_models, previous_checkpoint
+from knnlm_limits.config import datastore_sizes, pretrained_models, previous_checkpoint
+from knnlm_limits.index import EXACT, planned_kind
 from knnlm_limits.families import KEY_KINDS
 from knnlm_limits.memory import OBJECTIVES, memory_name
 
@@ -114,22 +115,78 @@ def knn_point(model, step, key):
 POINT = knn_point("{model}", "{step}", "{key}")
 
 
-def datastore(model, step, key):
-    base = f"{R}/datastores/{knn_point(model, step, key)}"
-    return {"key_file": f"{base}/keys.npy", "value_file": f"{base}/values.npy"}
+# The corpus datastore is in knn.shards shards (knnlm_limits.shards): each is embedded,
+# indexed and searched by jobs of its own; a merge joins their answers.
 
 
-def datastore_positions(model, step, key):
-    """Where each datastore entry came from in the training split (read by inspection only)."""
-    return f"{R}/datastores/{knn_point(model, step, key)}/positions.npy"
+def shards(count=None):
+    """The datastore's shards in order (the first `count` of them)."""
+    return list(range(config["knn"]["shards"] if count is None else count))
 
 
-def index_dir(model, step, key):
-    return f"{R}/indexes/{knn_point(model, step, key)}"
+def datastore(model, step, key, shard):
+    """A shard's files: float16 keys, int32 values, the training positions of its entries
+    (read by inspection only) and shard.json (its offset: ids are global)."""
+    base = f"{R}/datastores/{knn_point(model, step, key)}/shard-{shard}"
+    return {
+        "key_file": f"{base}/keys.npy",
+        "value_file": f"{base}/values.npy",
+        "position_file": f"{base}/positions.npy",
+        "manifest": f"{base}/shard.json",
+    }
+
+
+def datastore_files(model, step, key, name, count=None):
+    """One file (key_file, value_file, position_file, manifest) of every shard, in order."""
+    return [datastore(model, step, key, s)[name] for s in shards(count)]
+
+
+def index_kind():
+    """exact, or the FAISS factory of the corpus datastores, chosen while planning (index.planned_kind)."""
+    return planned_kind(config)
+
+
+def trained_index_dir(model, step, key):
+    """The approximate index trained once, with no keys (its quantizer and codebooks)."""
+    return f"{R}/indexes/{knn_point(model, step, key)}/trained"
+
+
+def shard_index_dir(model, step, key, shard):
+    """A copy of the trained index holding one shard's keys."""
+    return f"{R}/indexes/{knn_point(model, step, key)}/shard-{shard}"
+
+
+def shard_search_inputs(model, step, key, shard):
+    """What searching a shard reads: its keys (exact search, re-ranking) and values, and
+    its index where the search is approximate (exact search needs none)."""
+    files = datastore(model, step, key, shard)
+    out = {"key_file": files["key_file"], "value_file": files["value_file"]}
+    if index_kind() != EXACT:
+        out["index"] = shard_index_dir(model, step, key, shard)
+    return out
+
+
+def lm_pass_file(model, step, key, split):
+    """The LM pass over an evaluated split: targets, log p_lm (knnlm.SearchResults, no neighbours)."""
+    return f"{R}/knn/{knn_point(model, step, key)}/{split}_lm.npz"
+
+
+def shard_answer_dir(model, step, key, shard):
+    """One shard's answer to every query of the search (shards.answer_shard)."""
+    return f"{R}/knn/{knn_point(model, step, key)}/shard-{shard}"
 
 
 def knn_file(model, step, key, evalset):
+    """The search results, merged over every shard."""
     return f"{R}/knn/{knn_point(model, step, key)}/{evalset}.npz"
+
+
+def first_shards_file(model, step, key, size, split):
+    """The search results of a datastore of the first `size` shards (the datastore-size curve);
+    of all shards: the search results themselves."""
+    if int(size) == config["knn"]["shards"]:
+        return knn_file(model, step, key, split)
+    return f"{R}/knn/{knn_point(model, step, key)}/first-{size}-shards/{split}.npz"
 
 
 def knn_ids_file(model, step, key):
@@ -143,8 +200,8 @@ def knn_exact_sample(model, step, key):
 
 
 def search_queries(model, step, key):
-    """The search's query keys of each evaluated split, float32 (N, d): the memory and the
-    frontier's compressed datastores read them instead of running the LM again."""
+    """The search's query keys of each evaluated split, float32 (N, d): every shard's search,
+    the memory and the frontier's compressed datastores read them (one LM pass)."""
     base = f"{R}/knn/{knn_point(model, step, key)}"
     return {
         f"queries_{split}": f"{base}/{split}_queries.npy" for split in ("valid", "test")
@@ -259,7 +316,9 @@ def train_params(section):
     """The training settings a training job reads, the checkpoint list aside: the steps a run
     takes do not depend on where it stops, so appending a checkpoint changes no existing job's
     params (a job's own checkpoints are its params `checkpoints` / `step`)."""
-    return {k: v for k, v in canon(config[section]["train"]).items() if k != "checkpoints"}
+    return {
+        k: v for k, v in canon(config[section]["train"]).items() if k != "checkpoints"
+    }
 
 
 def checkpoint_before(section, step):
@@ -388,8 +447,18 @@ def index_settings():
 
 
 def kl_targets_dir(model, step, key):
-    """The kNN targets of the memory's sampled datastore entries (rules/memory.smk)."""
+    """The kNN targets of the memory's sampled datastore entries (rules/memory.smk)..."""
     return f"{R}/memory/{knn_point(model, step, key)}/kl_targets"
+
+
+def kl_queries_dir(model, step, key):
+    """...their entry ids and keys (the targets' queries, gathered from the shards)..."""
+    return f"{R}/memory/{knn_point(model, step, key)}/kl_queries"
+
+
+def kl_answer_dir(model, step, key, shard):
+    """...and one shard's answer to them, before the merge."""
+    return f"{R}/memory/{knn_point(model, step, key)}/kl_shard-{shard}"
 
 
 def memory_file(model, step, key, expansion, objective, name):
@@ -454,17 +523,28 @@ def memory_budget():
     }
 
 
+def datastore_and_indexes(model, step, key):
+    """Every shard's keys, values and shard.json, and its index where the search is approximate."""
+    out = {
+        "key_files": datastore_files(model, step, key, "key_file"),
+        "value_files": datastore_files(model, step, key, "value_file"),
+        "manifests": datastore_files(model, step, key, "manifest"),
+    }
+    if index_kind() != EXACT:
+        out["indexes"] = [shard_index_dir(model, step, key, s) for s in shards()]
+    return out
+
+
 def memory_inputs(w):
     """What a memory's training job reads: the datastore, the kNN targets (not for the
-    keys-to-values control), the LM (its head), the search's queries and targets, the index
-    (to time the search beside the memory)."""
+    keys-to-values control), the LM (its head), the search's queries and targets, the shards'
+    indexes (to time the search beside the memory)."""
     point = (w.model, w.step, w.key)
     out = {
-        **datastore(*point),
+        **datastore_and_indexes(*point),
         "lm": model_dir(w.model, w.step),
         **search_queries(*point),
         **search_results(*point),
-        "index": index_dir(*point),
     }
     if memory_alpha(w.objective) > 0:
         out["kl"] = kl_targets_dir(*point)
@@ -485,13 +565,19 @@ def has_more_training(model):
     return model.startswith("corpus_lm/")
 
 
-def frontier_index_dir(model, step, key, code):
-    """A product-quantised datastore of the frontier: its index (codes, no keys)..."""
-    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/index"
+def frontier_trained_dir(model, step, key, code):
+    """A product-quantised datastore of the frontier: its index trained once, no keys..."""
+    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/trained"
+
+
+def frontier_shard_dir(model, step, key, code, shard, part):
+    """...a shard's codes (part 'index': its index, no keys kept) and its answer to the
+    evaluated queries (part 'answer')..."""
+    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/shard-{shard}/{part}"
 
 
 def frontier_file(model, step, key, code, split):
-    """...and the search results through it."""
+    """...and the search results through it, merged over the shards."""
     return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/{split}.npz"
 
 
@@ -506,13 +592,15 @@ def memory_table_inputs(w):
         **search_results(*point),
         "grid": f"{table1_dir(*point)}/grid.csv",
         "model": model_dir(w.model, w.step),  # its config.json: the scale point's shape
-        **datastore(*point),
-        "index": index_dir(*point),
+        **datastore_and_indexes(*point),
         "logprobs": [memory_file(*point, e, o, "logprobs.npz") for e, o in variants],
         "costs": [memory_file(*point, e, o, "query_costs.csv") for e, o in variants],
         "pq_valid": [frontier_file(*point, c, "valid") for c in codes],
         "pq_test": [frontier_file(*point, c, "test") for c in codes],
-        "pq_index": [frontier_index_dir(*point, c) for c in codes],
+        # each code size's shards' indexes, code by code
+        "pq_index": [
+            frontier_shard_dir(*point, c, s, "index") for c in codes for s in shards()
+        ],
     }
     if has_more_training(w.model):
         out["more"] = more_training_logprobs(w.model, w.step)

@@ -11,6 +11,10 @@ rule findings:
             f"{table1_dir(*point)}/fidelity_findings.csv" for point in knn_points()
         ],
         memory=[f"{table1_dir(*point)}/memory_findings.csv" for point in knn_points()],
+        scaling=[
+            f"{table1_dir(*point)}/datastore_scaling_findings.csv"
+            for point in knn_points()
+        ],
         table1_rows=[f"{table1_dir(*point)}/table1.csv" for point in knn_points()],
         figure1=[
             f"{R}/figure1/{s['name']}/children.csv"

@@ -34,7 +34,7 @@ rule knn_neighbours:
     input:
         found=knn_file("{model}", "{step}", "{key}", "test"),
         ids=knn_ids_file("{model}", "{step}", "{key}"),
-        positions=datastore_positions("{model}", "{step}", "{key}"),
+        positions=lambda w: datastore_files(w.model, w.step, w.key, "position_file"),
         train=tokens("corpus_train"),
         test=tokens("corpus_test"),
         tokenizer=f"{R}/data/tokenizer",
@@ -76,7 +76,6 @@ rule search_fidelity:
         found=knn_file("{model}", "{step}", "{key}", "test"),
         ids=knn_ids_file("{model}", "{step}", "{key}"),
         exact=knn_exact_sample("{model}", "{step}", "{key}"),
-        values=datastore("{model}", "{step}", "{key}")["value_file"],
         model=model_dir("{model}", "{step}"),  # its config.json: the scale point's shape
     output:
         csv=f"{T1}/fidelity.csv",

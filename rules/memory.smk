@@ -6,32 +6,79 @@
 # sizes; each code size and memory size is a wildcard.
 
 
-rule memory_targets:
+rule memory_target_queries:
     input:
-        **datastore("{model}", "{step}", "{key}"),
-        position_file=datastore_positions("{model}", "{step}", "{key}"),
-        index=index_dir("{model}", "{step}", "{key}"),
+        key_files=lambda w: datastore_files(w.model, w.step, w.key, "key_file"),
+        position_files=lambda w: datastore_files(
+            w.model, w.step, w.key, "position_file"
+        ),
     output:
-        directory(kl_targets_dir("{model}", "{step}", "{key}")),
+        directory(kl_queries_dir("{model}", "{step}", "{key}")),
     log:
-        f"{LOGS}/memory/{POINT}/kl_targets.log",
+        f"{LOGS}/memory/{POINT}/kl_queries.log",
     benchmark:
-        f"{BENCH}/memory/{POINT}/kl_targets.tsv"
+        f"{BENCH}/memory/{POINT}/kl_queries.tsv"
     # the memory's chain (targets -> memory -> table) ends as late as Table 1's: its priority
+    priority: 20
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small", "memory_target_queries"),
+    params:
+        n=config["memory"]["kl_positions"],
+        seed=config["memory"]["seed"],
+    script:
+        "../scripts/memory.py"
+
+
+# each sampled entry's neighbours among one shard's entries (k + 1: the entry itself is dropped
+# at the merge, in its own shard)
+rule memory_target_shard:
+    input:
+        unpack(lambda w: shard_search_inputs(w.model, w.step, w.key, w.shard)),
+        manifest=datastore("{model}", "{step}", "{key}", "{shard}")["manifest"],
+        queries=kl_queries_dir("{model}", "{step}", "{key}"),
+    output:
+        directory(kl_answer_dir("{model}", "{step}", "{key}", "{shard}")),
+    log:
+        f"{LOGS}/memory/{POINT}/kl_shard-{{shard}}.log",
+    benchmark:
+        f"{BENCH}/memory/{POINT}/kl_shard-{{shard}}.tsv"
     priority: 20
     conda:
         ENV
     # the search's job: faiss-cpu on a CPU node
     threads: threads("index")
     resources:
-        **res("index", "memory_targets"),
+        **res("index", "memory_target_shard"),
     params:
-        n=config["memory"]["kl_positions"],
-        seed=config["memory"]["seed"],
         k=config["knn"]["k"],
-        temperature=config["knn"]["temperature"],
         nprobe=config["knn"]["nprobe"],
         rerank=config["knn"]["rerank"],
+    script:
+        "../scripts/memory.py"
+
+
+rule memory_targets:
+    input:
+        queries=kl_queries_dir("{model}", "{step}", "{key}"),
+        answers=lambda w: [kl_answer_dir(w.model, w.step, w.key, s) for s in shards()],
+    output:
+        directory(kl_targets_dir("{model}", "{step}", "{key}")),
+    log:
+        f"{LOGS}/memory/{POINT}/kl_targets.log",
+    benchmark:
+        f"{BENCH}/memory/{POINT}/kl_targets.tsv"
+    priority: 20
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **res("small", "memory_targets"),
+    params:
+        k=config["knn"]["k"],
+        temperature=config["knn"]["temperature"],
     script:
         "../scripts/memory.py"
 
@@ -76,9 +123,9 @@ rule more_training:
         model=model_dir("{model}", "{step}"),
         examples=tokens("corpus_train"),
         # the datastore's size sets the memory's compute (every key gives the same entries)
-        value_file=lambda w: datastore(w.model, w.step, config["knn"]["keys"][0])[
-            "value_file"
-        ],
+        manifests=lambda w: datastore_files(
+            w.model, w.step, config["knn"]["keys"][0], "manifest"
+        ),
         valid=tokens("corpus_valid"),
         test=tokens("corpus_test"),
     output:
@@ -108,13 +155,72 @@ rule more_training:
         "../scripts/memory.py"
 
 
+# each code size's product-quantised datastore: trained once on a sample across the shards,
+# each shard's codes added and searched by a job of its own, the answers merged
+rule frontier_trained:
+    input:
+        key_files=lambda w: datastore_files(w.model, w.step, w.key, "key_file"),
+    output:
+        directory(frontier_trained_dir("{model}", "{step}", "{key}", "{code}")),
+    log:
+        f"{LOGS}/memory/{POINT}/pq{{code}}/trained.log",
+    benchmark:
+        f"{BENCH}/memory/{POINT}/pq{{code}}/trained.tsv"
+    priority: 10
+    conda:
+        ENV
+    threads: threads("index")
+    resources:
+        **res("index", "frontier_trained"),
+    params:
+        factory=lambda w: config["memory"]["frontier_index"].format(code=w.code),
+        train_sample=config["memory"]["frontier_train_sample"],
+    script:
+        "../scripts/memory.py"
+
+
+rule frontier_shard:
+    input:
+        **datastore("{model}", "{step}", "{key}", "{shard}"),
+        **search_queries("{model}", "{step}", "{key}"),
+        trained=frontier_trained_dir("{model}", "{step}", "{key}", "{code}"),
+    output:
+        index=directory(
+            frontier_shard_dir(
+                "{model}", "{step}", "{key}", "{code}", "{shard}", "index"
+            )
+        ),
+        answer=directory(
+            frontier_shard_dir(
+                "{model}", "{step}", "{key}", "{code}", "{shard}", "answer"
+            )
+        ),
+    log:
+        f"{LOGS}/memory/{POINT}/pq{{code}}/shard-{{shard}}.log",
+    benchmark:
+        f"{BENCH}/memory/{POINT}/pq{{code}}/shard-{{shard}}.tsv"
+    priority: 10
+    conda:
+        ENV
+    threads: threads("index")
+    resources:
+        **res("index", "frontier_shard"),
+    params:
+        k=config["knn"]["k"],
+        nprobe=config["knn"]["nprobe"],
+    script:
+        "../scripts/memory.py"
+
+
 rule frontier_pq:
     input:
-        **datastore("{model}", "{step}", "{key}"),
-        **search_queries("{model}", "{step}", "{key}"),
-        **search_results("{model}", "{step}", "{key}"),
+        lm_valid=lm_pass_file("{model}", "{step}", "{key}", "valid"),
+        lm_test=lm_pass_file("{model}", "{step}", "{key}", "test"),
+        answers=lambda w: [
+            frontier_shard_dir(w.model, w.step, w.key, w.code, s, "answer")
+            for s in shards()
+        ],
     output:
-        index=directory(frontier_index_dir("{model}", "{step}", "{key}", "{code}")),
         valid=frontier_file("{model}", "{step}", "{key}", "{code}", "valid"),
         test=frontier_file("{model}", "{step}", "{key}", "{code}", "test"),
     log:
@@ -124,14 +230,11 @@ rule frontier_pq:
     priority: 10
     conda:
         ENV
-    threads: threads("index")
+    threads: 1
     resources:
-        **res("index", "frontier_pq"),
+        **res("small", "frontier_pq"),
     params:
-        factory=lambda w: config["memory"]["frontier_index"].format(code=w.code),
-        train_sample=config["memory"]["frontier_train_sample"],
         k=config["knn"]["k"],
-        nprobe=config["knn"]["nprobe"],
     script:
         "../scripts/memory.py"
 
@@ -166,6 +269,11 @@ rule memory_table:
         codes=config["memory"]["frontier_pq"],
         head=config["memory"]["head"],
         rerank=config["knn"]["rerank"],  # whether the search reads the keys (their bytes count)
+        index_kind=index_kind(),
+        frontier_kinds=[
+            config["memory"]["frontier_index"].format(code=c)
+            for c in config["memory"]["frontier_pq"]
+        ],
         lambdas=config["memory"]["lambdas"],
         grid=canon(config["table1"]["grid"]),
         lam=config["knn"]["lambda"],

@@ -70,7 +70,7 @@ rule table1:
         grid=f"{T1}/grid.csv",
         projection=f"{T1}/projection_tokens.csv",
         summary=f"{T1}/projection_summary.csv",
-        key_file=datastore("{model}", "{step}", "{key}")["key_file"],
+        manifests=lambda w: datastore_files(w.model, w.step, w.key, "manifest"),
     output:
         csv=report(
             f"{T1}/table1.csv", caption="../report/table1.rst", category="Table 1"

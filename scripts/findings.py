@@ -6,7 +6,7 @@ from knnlm_limits.snake import logged
 with logged(snakemake) as log:
     p, inp = snakemake.params, snakemake.input
     vocab = len(tokenizer.vocabulary(inp.tokenizer))
-    rows = [row for path in [*inp.table1, *inp.gains, *inp.fidelity, *inp.memory]
+    rows = [row for path in [*inp.table1, *inp.gains, *inp.fidelity, *inp.memory, *inp.scaling]
             for row in pd.read_csv(path).to_dict("records")]
     for shape, path in zip(p.memorization_shapes, inp.figure1):
         scale = {"model": f"memorization/{shape['name']}", "architecture": shape["architecture"],

@@ -1,7 +1,12 @@
+# The index stage (rules/index.smk): the trained index with no keys, or one shard's copy of it.
 from knnlm_limits import index
 from knnlm_limits.snake import logged, release_freed_memory
 
 release_freed_memory()  # a streaming job: its memory follows its batch
 with logged(snakemake) as log:
-    manifest = index.write(snakemake.output[0], snakemake.input.key_file, snakemake.params.settings, log=log)
-    print(f"{manifest['keys']} keys: {manifest['kind']} (exact up to {manifest['exact_max_keys']} keys)", file=log)
+    inp, out, p = snakemake.input, snakemake.output[0], snakemake.params
+    if snakemake.rule == "index_trained":
+        manifest = index.write_trained(out, list(inp.key_files), p.factory, p.train_sample, log=log)
+    else:
+        manifest = index.write_shard(out, inp.trained, inp.key_file, log=log)
+    print(manifest, file=log)

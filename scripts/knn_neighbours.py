@@ -2,6 +2,7 @@
 import numpy as np
 
 from knnlm_limits import figures, inspection, io, knnlm, tokenizer
+from knnlm_limits.shards import ShardedRows
 from knnlm_limits.snake import logged
 from knnlm_limits.tokens import load_stream, windows
 
@@ -9,7 +10,7 @@ with logged(snakemake) as log:
     p, inp, out = snakemake.params, snakemake.input, snakemake.output
     tok = tokenizer.load(inp.tokenizer)
     table = inspection.neighbours(
-        knnlm.SearchResults.load(inp.found), np.load(inp.ids, mmap_mode="r"), np.load(inp.positions, mmap_mode="r"),
+        knnlm.SearchResults.load(inp.found), np.load(inp.ids, mmap_mode="r"), ShardedRows(inp.positions),
         load_stream(inp.train), windows(load_stream(inp.test), p.block_size, p.stride),
         lambda ids: tok.decode([int(i) for i in ids]), p.lam, p.temperature, p.settings,
     )

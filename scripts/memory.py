@@ -8,58 +8,115 @@ from knnlm_limits.snake import logged, release_freed_memory
 SPLITS = ("valid", "test")
 
 
-def memory_targets(inp, out, p, threads, log):
+def memory_target_queries(inp, out, p, threads, log):
     from knnlm_limits import memory
+    from knnlm_limits.shards import ShardedRows
+
+    memory.check_one_entry_per_position(inp.position_files)
+    n = len(ShardedRows(inp.key_files))
+    rows = memory.kl_sample(n, p.n, p.seed)
+    memory.write_kl_queries(out[0], inp.key_files, rows)
+    print(f"{len(rows)} of {n} entries sampled for a kNN target", file=log)
+
+
+def memory_target_shard(inp, out, p, threads, log):
+    from pathlib import Path
+
+    from knnlm_limits import shards
     from knnlm_limits.index import Searcher
 
-    memory.check_one_entry_per_position(inp.position_file)
-    values = np.load(inp.value_file, mmap_mode="r")
-    rows = memory.kl_sample(len(values), p.n, p.seed)
-    searcher = Searcher.open(inp.index, inp.key_file, {"nprobe": p.nprobe, "rerank": p.rerank, "threads": threads})
-    memory.write_kl_targets(out[0], searcher, inp.key_file, values, rows, p.k, p.temperature, log)
-    print(f"{len(rows)} of {len(values)} entries: their p_kNN over the other entries ({searcher.kind})", file=log)
+    searcher = Searcher.of_shard(inp.key_file, inp.get("index"),
+                                 {"nprobe": p.nprobe, "rerank": p.rerank, "threads": threads})
+    queries = np.load(Path(inp.queries) / "keys.npy", mmap_mode="r")
+    offset = shards.read_manifest(inp.manifest)["offset"]
+    Path(out[0]).mkdir(parents=True, exist_ok=True)
+    # k + 1: a sampled entry of this shard finds itself, which the merge drops
+    shards.answer_shard(searcher, np.load(inp.value_file, mmap_mode="r"), queries, p.k + 1, offset, out[0], "kl",
+                        log=log)
+    print(f"{len(queries)} sampled entries answered by shard entries {offset}.. ({searcher.kind})", file=log)
+
+
+def memory_targets(inp, out, p, threads, log):
+    from pathlib import Path
+
+    from knnlm_limits import memory, shards
+
+    rows = np.load(Path(inp.queries) / "rows.npy")
+    answers = [shards.read_answer(d, "kl") for d in inp.answers]
+    memory.write_kl_targets(out[0], rows, answers, p.k, p.temperature, log)
+    print(f"{len(rows)} entries: their p_kNN over the other entries, from {len(answers)} shards", file=log)
 
 
 def train_memory(inp, out, p, threads, log):
     from knnlm_limits import memory_mlp
 
     memory_mlp.train_and_evaluate(
-        inp.key_file, inp.value_file, inp.get("kl"), inp.lm, {s: inp[f"queries_{s}"] for s in SPLITS},
-        {s: inp[f"found_{s}"] for s in SPLITS}, inp.index, out.model, out.logprobs, out.costs, p.work_dir,
+        inp.key_files, inp.value_files, inp.manifests, inp.get("kl"), inp.lm, {s: inp[f"queries_{s}"] for s in SPLITS},
+        {s: inp[f"found_{s}"] for s in SPLITS}, inp.get("indexes"), out.model, out.logprobs, out.costs, p.work_dir,
         p.shape, p.alpha, p.train, p.search, p.timing_queries, threads, log)
 
 
 def more_training(inp, out, p, threads, log):
     from knnlm_limits import memory_mlp
 
-    memory_mlp.more_training(inp.model, inp.examples, inp.value_file, {s: inp[s] for s in SPLITS}, out.model,
+    memory_mlp.more_training(inp.model, inp.examples, inp.manifests, {s: inp[s] for s in SPLITS}, out.model,
                              out.logprobs, p.work_dir, p.step, p.train, p.seed, p.windowing,
                              p.memory_shape, p.budget, p.batch_tokens, log)
 
 
-def frontier_pq(inp, out, p, threads, log):
-    from knnlm_limits import memory
+def frontier_trained(inp, out, p, threads, log):
+    from knnlm_limits import index
 
-    memory.frontier_search(inp.key_file, inp.value_file, {s: inp[f"queries_{s}"] for s in SPLITS},
-                           {s: inp[f"found_{s}"] for s in SPLITS}, out.index, {s: out[s] for s in SPLITS}, p.factory,
-                           p.train_sample, p.k, p.nprobe, threads, log)
+    print(index.write_trained(out[0], list(inp.key_files), p.factory, p.train_sample, log=log), file=log)
+
+
+def frontier_shard(inp, out, p, threads, log):
+    """A shard's product-quantised codes (no keys kept: searched without re-ranking) and its
+    answer to the evaluated queries through them."""
+    from pathlib import Path
+
+    from knnlm_limits import index, shards
+
+    manifest = index.write_shard(out.index, inp.trained, inp.key_file, log=log)
+    searcher = index.Searcher.open(out.index, inp.key_file, {"nprobe": p.nprobe, "rerank": False, "threads": threads})
+    offset = shards.read_manifest(inp.manifest)["offset"]
+    values = np.load(inp.value_file, mmap_mode="r")
+    Path(out.answer).mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        queries = np.load(inp[f"queries_{split}"], mmap_mode="r")
+        shards.answer_shard(searcher, values, queries, p.k, offset, out.answer, split, log=log)
+    print(f"{manifest['keys']} keys as {manifest['kind']} codes; queries answered", file=log)
+
+
+def frontier_pq(inp, out, p, threads, log):
+    """The frontier's kNN-LM through a PQ datastore: the shards' answers merged (the LM's
+    log-probs are the LM pass's)."""
+    from knnlm_limits import knnlm, shards
+
+    for split in SPLITS:
+        answers = [shards.read_answer(d, split) for d in inp.answers]
+        found = shards.merge_search(knnlm.SearchResults.load(inp[f"lm_{split}"]), answers, p.k, out[split], log=log)
+        print(f"{split}: {len(found)} queries, {len(answers)} shards merged", file=log)
 
 
 def memory_table(inp, out, p, threads, log):
     import pandas as pd
 
     from knnlm_limits import figures, findings, io, knnlm, memory
-    from knnlm_limits.index import read_manifest
 
     found = {s: inp[f"found_{s}"] for s in SPLITS}
     memories = {name: {"logprobs": io.load_npz(lp), "costs": pd.read_csv(c).iloc[0].to_dict()}
                 for name, lp, c in zip(p.memories, inp.logprobs, inp.costs)}
     more = io.load_npz(inp.more) if "more" in inp.keys() else None
-    # a PQ datastore is searched without re-ranking: its codes and values, no keys
-    pq = {code: {"valid": v, "test": t, "bytes": memory.datastore_bytes(inp.key_file, inp.value_file, index, False)}
-          for code, v, t, index in zip(p.codes, inp.pq_valid, inp.pq_test, inp.pq_index)}
-    index_kind = read_manifest(inp.index)["kind"]
-    datastore_bytes = memory.datastore_bytes(inp.key_file, inp.value_file, inp.index, p.rerank)
+    # a PQ datastore is searched without re-ranking: its shards' codes and values, no keys
+    shards = len(inp.value_files)
+    pq_indexes = [inp.pq_index[i : i + shards] for i in range(0, len(inp.pq_index), shards)]
+    pq = {code: {"valid": v, "test": t, "bytes": memory.datastore_bytes(inp.key_files, inp.value_files, indexes, kind,
+                                                                         False)}
+          for code, kind, v, t, indexes in zip(p.codes, p.frontier_kinds, inp.pq_valid, inp.pq_test, pq_indexes)}
+    index_kind = p.index_kind
+    datastore_bytes = memory.datastore_bytes(inp.key_files, inp.value_files, inp.get("indexes", []), p.index_kind,
+                                             p.rerank)
     tuned = knnlm.tuned_setting(pd.read_csv(inp.grid))
     t = memory.tables(found, (p.lam, p.temperature), tuned, memories, more, pq, datastore_bytes, index_kind,
                       p.lambdas, p.grid, p.bootstrap)

@@ -7,7 +7,7 @@ from knnlm_limits.snake import logged
 with logged(snakemake) as log:
     p, inp, out = snakemake.params, snakemake.input, snakemake.output
     table = inspection.fidelity(knnlm.SearchResults.load(inp.found), np.load(inp.ids, mmap_mode="r"),
-                                io.load_npz(inp.exact), np.load(inp.values, mmap_mode="r"), p.lam, p.temperature)
+                                io.load_npz(inp.exact), p.lam, p.temperature)
     io.write_csv(out.csv, table)
     estimate = inspection.approximate_minus_exact(table, p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])
     scale = findings.scale_of(inp.model, p.scale)

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from knnlm_limits import figures, findings, io, knnlm
+from knnlm_limits import figures, findings, io, knnlm, shards
 from knnlm_limits.snake import logged, release_freed_memory
 
 release_freed_memory()  # a streaming job: its memory follows its batch
@@ -18,7 +18,7 @@ with logged(snakemake) as log:
         **scale,
         "setting": p.setting, "lambda": lam, "temperature": temperature, "k": p.k,
         "tokens": len(proj),
-        "datastore_size": int(np.load(inp.key_file, mmap_mode="r").shape[0]),
+        "datastore_size": int(shards.offsets(inp.manifests)[-1]),
         # The four columns of the paper's Table 1 (and f's convex optimum), over the projected tokens.
         **{f"ppl_{col}": knnlm.perplexity(proj[col]) for col in ("lm", "knnlm", "proj_f", "proj_fg", "proj_f_reverse")},
         # The whole evaluated test set, fixed and validation-tuned (lambda, T).

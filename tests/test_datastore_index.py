@@ -112,21 +112,54 @@ def test_each_datastore_gets_exact_or_approximate_by_its_size(tmp_path):
     rng = np.random.default_rng(2)
     small, large = rng.normal(size=(800, 16)).astype(np.float16), rng.normal(size=(3000, 16)).astype(np.float16)
     for name, keys, kind in (("small", small, "exact"), ("large", large, "IVF8,PQ4x4")):
-        np.save(tmp_path / f"{name}.npy", keys)
-        manifest = index.write(tmp_path / name, tmp_path / f"{name}.npy", SETTINGS)
-        assert manifest["kind"] == kind == json.loads((tmp_path / name / "index.json").read_text())["kind"]
-        assert (tmp_path / name / "index.faiss").exists() == (kind != "exact")
-        searcher = index.Searcher.open(tmp_path / name, tmp_path / f"{name}.npy", SETTINGS)
+        searcher = index.Searcher.in_memory(keys, SETTINGS)
+        assert searcher.kind == kind
         d, i = searcher.search(keys[:20].astype(np.float32), 5)
         assert (i[:, 0] == np.arange(20)).mean() > (0.99 if kind == "exact" else 0.5)  # PQ is approximate
-        assert index.Searcher.in_memory(keys, SETTINGS).kind == kind
+
+
+@pytest.mark.parametrize("cap, expected, kind", [(1000, None, "exact"), (1001, None, "IVF8,PQ4x4"),
+                                                 (None, 900, "exact"), (None, 5000, "IVF8,PQ4x4"),
+                                                 (600, 5000, "exact")])
+def test_the_corpus_datastores_index_is_chosen_while_planning_by_its_most_entries(cap, expected, kind):
+    """One entry a training token at most: the cap, else the expected size, against exact_max_keys."""
+    config = {"knn": SETTINGS, "corpus": {"max_train_tokens": cap, "eval_tokens": {},
+                                          "expected_tokens": {"train": expected}}}
+    assert index.planned_kind(config) == kind
+
+
+def test_an_unbounded_datastore_has_no_planned_index_and_says_which_key_to_set():
+    config = {"knn": SETTINGS, "corpus": {"max_train_tokens": None, "eval_tokens": {}, "expected_tokens": None}}
+    with pytest.raises(index.IndexConfigError, match="corpus.max_train_tokens or corpus.expected_tokens.train"):
+        index.planned_kind(config)
+
+
+def test_a_shards_index_is_a_copy_of_the_trained_index_with_its_keys(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = rng.normal(size=(3000, 16)).astype(np.float16)
+    np.save(tmp_path / "a.npy", keys[:1000])
+    np.save(tmp_path / "b.npy", keys[1000:])
+    trained = index.write_trained(tmp_path / "trained", [tmp_path / "a.npy", tmp_path / "b.npy"], "IVF8,PQ4x4", 2000)
+    assert trained == {"kind": "IVF8,PQ4x4", "keys": 0, "trained_on": 2000, "datastore_keys": 3000, "dim": 16}
+    empty = faiss.read_index(str(tmp_path / "trained/index.faiss"))
+    assert empty.is_trained and empty.ntotal == 0
+    # the sample is drawn over both files: the same as over the whole datastore
+    whole = index.build(keys, "IVF8,PQ4x4", train_sample=2000)
+    got = index.write_shard(tmp_path / "b", tmp_path / "trained", tmp_path / "b.npy")
+    assert got == {"kind": "IVF8,PQ4x4", "keys": 2000, "dim": 16}
+    shard = faiss.read_index(str(tmp_path / "b/index.faiss"))
+    centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 8) for i in (shard, whole)]
+    assert centroids[0].tobytes() == centroids[1].tobytes()
+    q = keys[1000:1020].astype(np.float32)
+    assert (shard.search(q, 1)[1][:, 0] == np.arange(20)).mean() > 0.5  # its own rows, as ids
 
 
 def test_rerank_gives_exact_distances_of_the_retrieved_ids(tmp_path):
     rng = np.random.default_rng(4)
     keys = rng.normal(size=(3000, 16)).astype(np.float16)
     np.save(tmp_path / "k.npy", keys)
-    index.write(tmp_path / "ivf", tmp_path / "k.npy", SETTINGS)
+    index.write_trained(tmp_path / "trained", [tmp_path / "k.npy"], SETTINGS["approximate_index"], 2000)
+    index.write_shard(tmp_path / "ivf", tmp_path / "trained", tmp_path / "k.npy")
     q = rng.normal(size=(30, 16)).astype(np.float32)
     plain = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", SETTINGS)
     reranked = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", {**SETTINGS, "rerank": True})

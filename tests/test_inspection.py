@@ -120,7 +120,8 @@ def test_fidelity_compares_the_index_with_brute_force(tmp_path):
     values = rng.integers(0, 20, 3000).astype(np.int32)
     settings = {"exact_max_keys": 100, "exact_index": "exact", "approximate_index": "IVF16,Flat",
                 "index_train_sample": 3000, "nprobe": 2, "rerank": False}
-    index.write(tmp_path / "ivf", tmp_path / "k.npy", settings)
+    index.write_trained(tmp_path / "trained", [tmp_path / "k.npy"], settings["approximate_index"], 3000)
+    index.write_shard(tmp_path / "ivf", tmp_path / "trained", tmp_path / "k.npy")
     searcher = index.Searcher.open(tmp_path / "ivf", tmp_path / "k.npy", settings)
     queries = rng.normal(size=(300, 16)).astype(np.float32)
     k = 10
@@ -128,9 +129,14 @@ def test_fidelity_compares_the_index_with_brute_force(tmp_path):
     targets = rng.integers(0, 20, 300)
     found = knnlm.SearchResults(targets, np.log(rng.uniform(0.01, 0.3, 300)).astype(np.float32),
                                 np.zeros(300, np.int64), dists, knnlm.neighbour_values(values, ids))
-    exact = inspection.exact_sample(searcher, queries, k, 50)
-    assert len(exact["rows"]) == 50 == len(np.unique(exact["rows"]))
-    table = inspection.fidelity(found, ids, exact, values, 0.25, 1.0)
+    # the sample's exact neighbours, as the shards' search jobs answer them and the merge joins them
+    from knnlm_limits import shards
+
+    rows = inspection.fidelity_rows(len(queries), 50)
+    assert len(rows) == 50 == len(np.unique(rows))
+    answer = shards.answer(index.Searcher(tmp_path / "k.npy", "exact"), values, queries[rows], k, 0)
+    exact = shards.merge_sample([answer], rows, k)
+    table = inspection.fidelity(found, ids, exact, 0.25, 1.0)
     # by brute force: the true k nearest of each sampled query, and the share the index found
     rows = exact["rows"]
     true = np.argsort(((keys.astype(np.float32)[None] - queries[rows][:, None]) ** 2).sum(-1), axis=1)[:, :k]
@@ -145,7 +151,6 @@ def test_fidelity_compares_the_index_with_brute_force(tmp_path):
     assert point == pytest.approx(expected, rel=1e-9) and low <= point <= high
     row = findings.search_fidelity((point, low, high), table, {"model": "m"})[0]
     assert row["holds"] == (high < 0) and "recall@k" in row["note"]
-    # an exact search has nothing to compare: no sample, no finding
-    flat = index.Searcher(tmp_path / "k.npy", "exact")
-    assert len(inspection.exact_sample(flat, queries, k, 50)["rows"]) == 0
+    # no sample (an exact search: knn.fidelity_queries is not used), no finding
+    assert len(inspection.fidelity_rows(len(queries), 0)) == 0
     assert findings.search_fidelity((np.nan,) * 3, table.iloc[:0], {}) == []

@@ -20,6 +20,13 @@ def _datastore(n=60, d=4, vocab=7, seed=0):
     return keys, rng.integers(0, vocab, n).astype(np.int32)
 
 
+def _answer(keys, values, rows, k):
+    """The one shard's answer to the sampled entries' keys (k + 1: each finds itself)."""
+    from knnlm_limits import shards
+
+    return shards.answer(Searcher.in_memory(keys, EXACT), values, keys[rows].astype(np.float32), k + 1, 0)
+
+
 def _distribution(values, weights, vocab):
     out = np.zeros(vocab)
     np.add.at(out, values[values >= 0], weights[values >= 0])
@@ -50,7 +57,7 @@ def test_kl_targets_are_a_softmax_over_the_other_entries(k, temperature):
 def test_kl_targets_written_and_read_back(tmp_path):
     keys, values = _datastore()
     rows = memory.kl_sample(len(keys), 10, seed=3)
-    memory.write_kl_targets(tmp_path / "kl", Searcher.in_memory(keys, EXACT), keys, values, rows, 8, 1.0)
+    memory.write_kl_targets(tmp_path / "kl", rows, [_answer(keys, values, rows, 8)], 8, 1.0)
     got_rows, value_file, weight_file = memory.kl_targets(tmp_path / "kl")
     np.testing.assert_array_equal(got_rows, rows)
     assert np.load(value_file).shape == (10, 8) and np.load(weight_file).dtype == np.float16
@@ -131,22 +138,23 @@ def test_an_epoch_visits_every_entry_once_in_blocks():
 
 
 @pytest.mark.parametrize("kind, rerank, counted", [
-    ("exact", False, {"keys", "values", "index"}), ("Flat", False, {"values", "index"}),
+    ("exact", False, {"keys", "values"}), ("Flat", False, {"values", "index"}),
     ("IVF32,PQ8", False, {"values", "index"}), ("IVF32,PQ8", True, {"keys", "values", "index"})])
 def test_a_datastores_bytes_are_what_its_search_reads(tmp_path, kind, rerank, counted):
-    """Keys count where the search reads them (exact blocks, or exact re-ranking); an index
-    that holds the keys (Flat) or their codes is counted instead."""
-    import json
-
-    (tmp_path / "index").mkdir()
-    manifest = json.dumps({"kind": kind})
-    (tmp_path / "index/index.json").write_text(manifest)
-    (tmp_path / "index/index.faiss").write_bytes(b"i" * 50)
-    sizes = {"keys": 1000, "values": 100, "index": 50 + len(manifest)}
-    (tmp_path / "keys.npy").write_bytes(b"k" * sizes["keys"])
-    (tmp_path / "values.npy").write_bytes(b"v" * sizes["values"])
-    got = memory.datastore_bytes(tmp_path / "keys.npy", tmp_path / "values.npy", tmp_path / "index", rerank)
-    assert got == sum(sizes[part] for part in counted)
+    """Over every shard: keys count where the search reads them (exact blocks, or exact
+    re-ranking); an index that holds the keys (Flat) or their codes is counted instead; exact
+    search has no index."""
+    sizes = {"keys": 1000, "values": 100, "index": 50}
+    files = {"keys": [], "values": [], "index": []}
+    for shard in range(2):
+        for part, size in sizes.items():
+            path = tmp_path / f"shard-{shard}" / part
+            path.mkdir(parents=True)
+            (path / "file").write_bytes(b"x" * (size + shard))  # shards of other sizes
+            files[part].append(path / "file" if part != "index" else path)
+    indexes = [] if kind == "exact" else files["index"]
+    got = memory.datastore_bytes(files["keys"], files["values"], indexes, kind, rerank)
+    assert got == sum(2 * sizes[part] + 1 for part in counted)
 
 
 def test_head_from_the_lm_and_frozen_head_not_counted():
@@ -195,7 +203,7 @@ class Killed(Exception):
 def test_a_memory_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     keys, values = _datastore(n=400, d=8, vocab=20)
     rows = memory.kl_sample(len(keys), 50, seed=0)
-    memory.write_kl_targets(tmp_path / "kl", Searcher.in_memory(keys, EXACT), keys, values, rows, 16, 1.0)
+    memory.write_kl_targets(tmp_path / "kl", rows, [_answer(keys, values, rows, 16)], 16, 1.0)
     data = memory_mlp.MemoryData(keys, values, *memory.kl_targets(tmp_path / "kl"))
     s = memory_mlp.settings(len(data), 3, 64, lr=3e-3, seed=2, save_every=4)
 

@@ -252,7 +252,9 @@ def lm_and_data(tmp_path_factory):
     datastore.build(lm, store, folder / "k.npy", folder / "v.npy", batch_tokens=300)
     settings = {"exact_max_keys": 500, "exact_index": "exact", "approximate_index": "IVF4,Flat",
                 "index_train_sample": 2000, "nprobe": 2, "rerank": True}
-    index.write(folder / "ivf", folder / "k.npy", settings)
+    index.write_trained(folder / "trained", [folder / "k.npy"], settings["approximate_index"],
+                        settings["index_train_sample"])
+    index.write_shard(folder / "ivf", folder / "trained", folder / "k.npy")
     return lm, evaluated, folder, settings
 
 
@@ -340,8 +342,7 @@ def test_datastore_and_index_check_the_disk_before_writing(lm_and_data, tmp_path
     assert need == n_keys * (32 * 4 + 8) + 4 * 32 * 4  # codes and ids, and the 4 centroids
     _free(monkeypatch, need - 1)
     with pytest.raises(disk.NotEnoughSpace, match=r"IVF4,Flat index.*index\.faiss"):
-        index.write(tmp_path / "ivf", folder / "k.npy", settings)
-    index.write(tmp_path / "exact", folder / "k.npy", {**settings, "exact_max_keys": 10**6})  # writes no index file
+        index.write_shard(tmp_path / "ivf", folder / "trained", folder / "k.npy")
     assert not (tmp_path / "ivf").exists()
 
 

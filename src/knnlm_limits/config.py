@@ -176,10 +176,29 @@ def check_semantics(config: dict) -> None:
     if "{code}" not in config["memory"]["frontier_index"]:
         raise ConfigError("invalid config key 'memory.frontier_index': it must hold {code}, the code size of "
                           f"each of memory.frontier_pq (got {config['memory']['frontier_index']!r})")
+    sizes = config["knn"]["datastore_sizes"] or []
+    if any(s > config["knn"]["shards"] for s in sizes):
+        raise ConfigError(f"invalid config key 'knn.datastore_sizes': {sizes} counts shards, at most knn.shards "
+                          f"({config['knn']['shards']})")
+    from .index import IndexConfigError, planned_kind
+
+    try:
+        planned_kind(config)
+    except IndexConfigError as err:
+        raise ConfigError(str(err)) from None
     stride = config["corpus"]["stride"]
     if stride is not None and stride > config["corpus"]["block_size"]:
         raise ConfigError(f"invalid config key 'corpus.stride': {stride} is more than corpus.block_size "
                           f"({config['corpus']['block_size']}); windows would skip tokens")
+
+
+def datastore_sizes(knn: dict) -> list[int]:
+    """The shard counts of the datastore-size curve: knn.datastore_sizes, else the powers of
+    two below knn.shards, and knn.shards."""
+    if knn["datastore_sizes"]:
+        return sorted(knn["datastore_sizes"])
+    n = knn["shards"]
+    return [2**i for i in range(n.bit_length()) if 2**i < n] + [n]
 
 
 def previous_checkpoint(checkpoints, step: int, key: str) -> int | None:

@@ -268,6 +268,33 @@ def frontier(points: pd.DataFrame, title: str = ""):
     return fig
 
 
+def datastore_scaling(table: pd.DataFrame, title: str = ""):
+    """Test perplexity against the datastore's entries (log axis: the first s of N shards), at
+    the fixed and the validation-tuned (lambda, T), each with its 95% bootstrap interval; the
+    LM's perplexity is the dashed line and its band."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lm = table.iloc[0]
+    ax.axhline(lm.test_ppl_lm, color="k", ls="--", lw=1, label=f"LM alone: {lm.test_ppl_lm:.1f}")
+    ax.axhspan(lm.lm_ci_low, lm.lm_ci_high, color="k", alpha=0.08, lw=0)
+    for setting, color, label in (("fixed", "C0", "kNN-LM, fixed λ, T"), ("tuned", "C1", "kNN-LM, validation-tuned λ, T")):
+        ppl = table[f"test_ppl_{setting}"]
+        err = [ppl - table[f"{setting}_ci_low"], table[f"{setting}_ci_high"] - ppl]
+        ax.errorbar(table.entries, ppl, yerr=err, fmt="o-", color=color, capsize=3, label=label)
+    for r in table.itertuples():
+        ax.annotate(f"{r.shards}/{r.of_shards}", (r.entries, r.test_ppl_tuned), textcoords="offset points",
+                    xytext=(4, -12), fontsize=7, color="C1")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.set(xlabel="datastore entries (the first s of N shards; log scale)", ylabel="test perplexity, 95% CI",
+           title=f"kNN-LM by datastore size {title}".strip())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _bytes(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= size:

@@ -131,6 +131,20 @@ def search_fidelity(estimate, table: pd.DataFrame, scale: dict) -> list[dict]:
                  scale, note=f"recall@k {table.recall_at_k.mean():.3f}")]
 
 
+def datastore_growth(estimate, table: pd.DataFrame, n_tokens: int, scale: dict) -> list[dict]:
+    """The datastore-size curve's claim at one scale point (datastore_scaling.gain_slope):
+    unmeasured with fewer than two sizes."""
+    sizes = ", ".join(f"{int(r.shards)}/{int(r.of_shards)} shards {int(r.entries):,}" for r in table.itertuples())
+    if len(table) < 2:
+        estimate = (estimate[0], math.nan, math.nan)
+    return [_row("knn_gain_grows_with_datastore", "grows log-linearly up to 3B tokens (Khandelwal et al. 2020)",
+                 estimate, "least-squares slope of ppl_lm - ppl_knnlm (validation-tuned lambda, T at each size) "
+                 "against log2 of the datastore's entries, over the first s shards; holds if its 95% CI is above 0",
+                 _above(0), f"{n_tokens} test tokens", scale,
+                 note=f"perplexity per doubling; sizes: {sizes}" if len(table) >= 2 else
+                 f"not measured: one datastore size ({sizes}); set knn.shards above 1")]
+
+
 def _recovered(means: np.ndarray) -> np.ndarray:
     """(ppl_lm - ppl_mix) / (ppl_lm - ppl_knnlm) from mean log-probs [lm, mix, knnlm]."""
     ppl = np.exp(-means)

@@ -11,8 +11,11 @@ keys) remain available as FAISS indexes.
 Approximate neighbours can be re-ranked by their exact distance recomputed
 from the stored float16 keys, as the original kNN-LM does.
 
-The index stage writes a folder holding ``index.json`` (what was chosen and
-why) and, for a FAISS index, ``index.faiss``.
+A sharded datastore (``shards.py``) is indexed in two steps: one trained index with no
+keys (``write_trained``: coarse quantizer and codebooks, from a seeded sample drawn across
+every shard), then one copy of it per shard filled with that shard's keys
+(``write_shard``); each index folder holds ``index.json`` (what it is) and ``index.faiss``.
+An index stores its shard's rows as ids; the shard's search adds the shard's offset.
 """
 
 from __future__ import annotations
@@ -106,14 +109,39 @@ def _pread_exactly(fd: int, out: np.ndarray, offset: int) -> None:
         view, offset = view[got:], offset + got
 
 
+def _is_path(x) -> bool:
+    return isinstance(x, (str, bytes)) or hasattr(x, "__fspath__")
+
+
 def as_rows(keys):
-    """A .npy path as NpyRows; an array as itself."""
-    return NpyRows(keys) if isinstance(keys, (str, bytes)) or hasattr(keys, "__fspath__") else keys
+    """A .npy path as NpyRows, a list of them (a sharded datastore's files, in order) as one
+    ShardedRows; an array as itself."""
+    if _is_path(keys):
+        return NpyRows(keys)
+    if isinstance(keys, (list, tuple)) and keys and all(_is_path(k) for k in keys):
+        from .shards import ShardedRows
+
+        return ShardedRows(keys)
+    return keys
 
 
 def choose(n_keys: int, settings: dict) -> str:
     """The index kind of a datastore of `n_keys` keys: exact below the threshold."""
     return settings["exact_index"] if n_keys <= settings["exact_max_keys"] else settings["approximate_index"]
+
+
+def planned_kind(config: dict) -> str:
+    """The corpus datastore's index kind, chosen while planning (the DAG holds index jobs only
+    for a FAISS index) by the most entries the config allows it: the training tokens of
+    corpus.max_train_tokens, else of corpus.expected_tokens.train (one entry a token at most)."""
+    from .costs.base import split_tokens
+
+    bound = split_tokens(config, "train")
+    if bound is None:
+        raise IndexConfigError("the datastore's index (knn.exact_max_keys) is chosen while planning from the "
+                               "training tokens the config allows: set corpus.max_train_tokens or "
+                               "corpus.expected_tokens.train")
+    return choose(bound, config["knn"])
 
 
 def check_factory(factory: str, dim: int, key: str) -> None:
@@ -158,12 +186,8 @@ def build(keys, factory: str, train_sample: int = 100_000, seed: int = 0,
           chunk: int = 16_384, log=None) -> faiss.Index:
     """A FAISS index of `keys` (a .npy path, read in chunks, or an array)."""
     keys = as_rows(keys)
-    n, dim = keys.shape
-    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
-    _without_polysemous_training(index)
-    if not index.is_trained:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(train_sample, n), replace=False))
-        index.train(np.asarray(keys[rows], dtype=np.float32))
+    n = len(keys)
+    index = trained(keys, factory, train_sample, seed)
     _reserve_codes(index, n)
     for start in tqdm(range(0, n, chunk), file=log, mininterval=5, desc="index"):
         index.add(np.asarray(keys[start : start + chunk], dtype=np.float32))
@@ -186,22 +210,50 @@ def index_file_bytes(factory: str, n: int, dim: int) -> int:
         return n * dim * 2
 
 
-def write(index_dir, key_file, settings: dict, log=None) -> dict:
-    """The index stage: choose exact or approximate for this datastore, build, write."""
-    keys = NpyRows(key_file)
-    kind = choose(len(keys), settings)
-    manifest = {"kind": kind, "keys": len(keys), "dim": int(keys.shape[1]),
-                "exact_max_keys": settings["exact_max_keys"]}
-    with io.atomic_path(index_dir) as tmp:
+def trained(keys, factory: str, train_sample: int = 100_000, seed: int = 0) -> faiss.Index:
+    """An empty index of `factory` trained on a seeded sample of `keys` (a .npy path, several
+    (a sharded datastore: the sample is drawn over all of them), or an array)."""
+    keys = as_rows(keys)
+    n, dim = keys.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    _without_polysemous_training(index)
+    if not index.is_trained:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(train_sample, n), replace=False))
+        index.train(np.asarray(keys[rows], dtype=np.float32))
+    return index
+
+
+def _write(folder, index: faiss.Index, manifest: dict) -> dict:
+    """An index folder: index.faiss, then index.json (what it is), atomically."""
+    with io.atomic_path(folder) as tmp:
         tmp.mkdir()
-        if kind != EXACT:
-            # before hours of building: the written file must fit
-            disk.require_free_space(tmp / "index.faiss", index_file_bytes(kind, len(keys), keys.shape[1]),
-                                    f"the {kind} index")
-            built = build(key_file, kind, settings["index_train_sample"], log=log)
-            faiss.write_index(built, str(tmp / "index.faiss"))
+        faiss.write_index(index, str(tmp / "index.faiss"))
         (tmp / "index.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def write_trained(folder, key_files, factory: str, train_sample: int, log=None) -> dict:
+    """The index stage's first job: `factory` trained (no keys) on a seeded sample of the
+    datastore's keys, drawn across every shard (one shard: the unsharded datastore's sample)."""
+    keys = as_rows(key_files)
+    index = trained(keys, factory, train_sample)
+    print(f"{factory} trained on {min(train_sample, len(keys))} of {len(keys)} keys", file=log)
+    return _write(folder, index, {"kind": factory, "keys": 0, "trained_on": int(min(train_sample, len(keys))),
+                                  "datastore_keys": len(keys), "dim": int(keys.shape[1])})
+
+
+def write_shard(folder, trained_folder, key_file, chunk: int = 16_384, log=None) -> dict:
+    """The index stage's job for one shard: a copy of the trained index holding the shard's keys."""
+    keys = NpyRows(key_file)
+    index = faiss.read_index(str(Path(trained_folder) / "index.faiss"))
+    kind = read_manifest(trained_folder)["kind"]
+    # before hours of adding: the written file must fit
+    disk.require_free_space(Path(folder) / "index.faiss", index_file_bytes(kind, len(keys), keys.shape[1]),
+                            f"the {kind} index")
+    _reserve_codes(index, len(keys))
+    for start in tqdm(range(0, len(keys), chunk), file=log, mininterval=5, desc="index"):
+        index.add(np.asarray(keys[start : start + chunk], dtype=np.float32))
+    return _write(folder, index, {"kind": kind, "keys": len(keys), "dim": int(keys.shape[1])})
 
 
 def read_manifest(index_dir) -> dict:
@@ -243,9 +295,10 @@ def exact_search(keys, queries: np.ndarray, k: int, block_bytes: int = BLOCK_BYT
     return heap.D, heap.I
 
 
-def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray,
-           threads: int = READ_THREADS, budget_bytes: int = RERANK_BYTES):
-    """Exact squared L2 of each retrieved id from the stored keys, rows re-sorted by it.
+def exact_distances(keys, queries: np.ndarray, ids: np.ndarray, threads: int = READ_THREADS,
+                    budget_bytes: int = RERANK_BYTES) -> np.ndarray:
+    """Exact squared L2 from each query to each of its retrieved ids (inf where -1), read from
+    the stored keys, in the ids' order.
 
     Queries go in sub-batches whose neighbours' float32 vectors take ~budget_bytes;
     a sub-batch reads each distinct key once, in file order (not one random read
@@ -254,11 +307,18 @@ def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray,
     keys = as_rows(keys)
     per_query = max(1, ids.shape[1] * keys.shape[1] * 4)
     step = max(1, budget_bytes // per_query)
-    exact = np.empty_like(dists)
+    exact = np.empty(ids.shape, dtype=np.float32)
     with ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(queries), step):
             sub = slice(start, start + step)
             exact[sub] = _exact_sq_l2(keys, queries[sub], ids[sub], pool, threads)
+    return exact
+
+
+def rerank(keys, queries: np.ndarray, dists: np.ndarray, ids: np.ndarray,
+           threads: int = READ_THREADS, budget_bytes: int = RERANK_BYTES):
+    """Exact squared L2 of each retrieved id from the stored keys, rows re-sorted by it."""
+    exact = exact_distances(keys, queries, ids, threads, budget_bytes)
     order = np.argsort(exact, axis=1, kind="stable")
     return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
 
@@ -314,6 +374,13 @@ class Searcher:
                    settings.get("threads", READ_THREADS))
 
     @classmethod
+    def of_shard(cls, key_file, index_dir, settings: dict) -> "Searcher":
+        """A shard's search: through its index folder, or exact over its keys (index_dir None)."""
+        if index_dir is None:
+            return cls(key_file, EXACT, threads=settings.get("threads", READ_THREADS))
+        return cls.open(index_dir, key_file, settings)
+
+    @classmethod
     def in_memory(cls, keys: np.ndarray, settings: dict, log=None) -> "Searcher":
         """For small datastores built inside one job (Macondo): same choice, no files."""
         kind = choose(len(keys), settings)
@@ -332,13 +399,26 @@ class Searcher:
             q = queries[start : start + batch]
             yield (slice(start, start + len(q)), *self._search(q, k))
 
-    def _search(self, q: np.ndarray, k: int):
+    @property
+    def reranks(self) -> bool:
+        """Whether approximate neighbours are re-ranked by their exact distance."""
+        return self.rerank_exact and self.kind not in EXACT_KINDS
+
+    def candidates(self, q: np.ndarray, k: int):
+        """(dists, ids, exact): q's k nearest by the index's own distance, and where it re-ranks
+        their exact distances in the same order (else None)."""
         if self.index is None:
-            return exact_search(self.key_file, q, k)
+            return (*exact_search(self.key_file, q, k), None)
         dists, ids = self.index.search(q, min(k, self.index.ntotal))
-        if self.rerank_exact and self.kind not in EXACT_KINDS:
-            dists, ids = rerank(self.key_file, q, dists, ids, self.threads)
-        return dists, ids
+        exact = exact_distances(self.key_file, q, ids, self.threads) if self.reranks else None
+        return dists, ids, exact
+
+    def _search(self, q: np.ndarray, k: int):
+        dists, ids, exact = self.candidates(q, k)
+        if exact is None:
+            return dists, ids
+        order = np.argsort(exact, axis=1, kind="stable")
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
 
     def search(self, queries: np.ndarray, k: int, batch: int = 16384, log=None):
         """(dists, ids), each (N, k'), k' = min(k, datastore size); id -1 = no neighbour."""

@@ -144,18 +144,10 @@ NEIGHBOUR_COLUMNS = ["rank", "position", "context", "target", "p_lm", "p_knn", "
 FIDELITY_SEED = 0  # the sample of queries also searched exactly
 
 
-def exact_sample(searcher, queries: np.ndarray, k: int, n: int) -> dict:
-    """The exact neighbours of a seeded sample of `n` queries when `searcher` is approximate
-    (rows, dists, ids); empty when its search is exact already (nothing to compare)."""
-    from .index import EXACT_KINDS, exact_search
-
-    if searcher.kind in EXACT_KINDS or n == 0 or len(queries) == 0:
-        width = searcher.width(k) if len(queries) else k
-        return {"rows": np.zeros(0, np.int64), "dists": np.zeros((0, width), np.float32),
-                "ids": np.zeros((0, width), np.int64)}
-    rows = knnlm.sample_rows(len(queries), n, FIDELITY_SEED)
-    dists, ids = exact_search(searcher.key_file, np.ascontiguousarray(queries[rows], dtype=np.float32), k)
-    return {"rows": rows, "dists": dists, "ids": ids}
+def fidelity_rows(n_queries: int, n: int) -> np.ndarray:
+    """The seeded sample of test queries that an approximate search also answers exactly
+    (every shard answers them; the merge keeps their exact neighbours: rows, dists, ids, values)."""
+    return knnlm.sample_rows(n_queries, n, FIDELITY_SEED) if n and n_queries else np.zeros(0, np.int64)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
@@ -167,14 +159,14 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def fidelity(found: knnlm.SearchResults, approx_ids, exact: dict, values, lam: float,
-             temperature: float) -> pd.DataFrame:
+def fidelity(found: knnlm.SearchResults, approx_ids, exact: dict, lam: float, temperature: float) -> pd.DataFrame:
     """Per sampled query: recall@k and log p_knnlm(target) with the approximate and the
-    exact neighbours (the LM's log p beside them)."""
+    exact neighbours (`exact`: rows, dists, ids and values of the exact search's; the LM's
+    log p beside them)."""
     rows = exact["rows"]
     approx = knnlm.SearchResults(found.targets[rows], found.lm_logprob[rows], found.example[rows],
                                  found.dists[rows], found.nbr_values[rows])
-    exactly = approx.with_neighbours(exact["dists"], knnlm.neighbour_values(values, exact["ids"]))
+    exactly = approx.with_neighbours(exact["dists"], exact["values"])
     return pd.DataFrame({"position": rows, "recall_at_k": recall_at_k(np.asarray(approx_ids[rows]), exact["ids"]),
                          "lm_logprob": approx.lm_logprob.astype(np.float64),
                          "knnlm_logprob_exact": knnlm.knnlm_logprob(exactly, lam, temperature),

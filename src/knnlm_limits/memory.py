@@ -5,7 +5,9 @@ only (the rules and the cost model read it while the workflow is planned):
 
 - its size and bytes, and the training compute the more-training control matches;
 - the kNN targets of a seeded sample of datastore entries: each entry's p_kNN over the
-  *other* entries (knnlm.leave_one_out), stored sparse in a folder of three .npy files:
+  *other* entries (every shard answers the sampled entries' keys, the merge drops each
+  entry in its own shard: shards.merge_rows, as knnlm.leave_one_out does unsharded), stored
+  sparse in a folder of three .npy files:
   rows (S,) int64 entry ids, values (S, k) int32 neighbour values (-1: none), weights
   (S, k) float16 softmax(-d / T) (never dense vocabulary vectors);
 - the validation grid of lambda_m and the memory table, the storage-perplexity frontier
@@ -22,8 +24,8 @@ import numpy as np
 
 from . import io
 # NumPy only (planning reads this module)
-from .knnlm import (SearchResults, grid as knn_grid, interpolate, knnlm_logprob, leave_one_out, perplexity,
-                    sample_rows, search_neighbours, tuned_setting)
+from .knnlm import (SearchResults, grid as knn_grid, interpolate, knnlm_logprob, neighbour_weights, perplexity,
+                    sample_rows, tuned_setting)
 
 KL_FILES = ("rows", "values", "weights")
 OBJECTIVES = ("imitation", "values")  # alpha = memory.alpha, alpha = 0 (keys to values: the control)
@@ -65,15 +67,15 @@ def more_training_steps(budget: str, memory_flops: float, lm_params: float, toke
     return max(1, math.ceil(memory_flops / (6 * lm_params * tokens_per_step)))
 
 
-def datastore_bytes(key_file, value_file, index_dir, rerank: bool) -> int:
-    """Bytes a kNN-LM reads at query time: its values and index, and its float16 keys where
-    the search reads them (exact search over the key file; exact re-ranking of an
-    approximate index's neighbours). A Flat / SQfp16 index holds the keys itself."""
-    from .index import EXACT, EXACT_KINDS, read_manifest
+def datastore_bytes(key_files, value_files, index_dirs, kind: str, rerank: bool) -> int:
+    """Bytes a kNN-LM reads at query time, over its shards: values and indexes (exact search:
+    none), and float16 keys where the search reads them (exact search over the key files;
+    exact re-ranking of an approximate index's neighbours). A Flat / SQfp16 index holds the
+    keys itself."""
+    from .index import EXACT, EXACT_KINDS
 
-    kind = read_manifest(index_dir)["kind"]
     reads_keys = kind == EXACT or (rerank and kind not in EXACT_KINDS)
-    return folder_bytes(value_file) + folder_bytes(index_dir) + (folder_bytes(key_file) if reads_keys else 0)
+    return sum(folder_bytes(f) for f in [*value_files, *index_dirs, *(key_files if reads_keys else [])])
 
 
 def folder_bytes(path) -> int:
@@ -90,31 +92,50 @@ def kl_sample(n_entries: int, n: int | None, seed: int) -> np.ndarray:
     return np.arange(n_entries) if n is None else sample_rows(n_entries, n, seed)
 
 
-def check_one_entry_per_position(positions_path, chunk: int = 2**22) -> None:
-    """The datastore stores each training position once, in order (positions strictly rise):
-    then excluding an entry excludes every entry of its position. Read in chunks."""
-    positions = np.load(positions_path, mmap_mode="r")
+def check_one_entry_per_position(positions_paths, chunk: int = 2**22) -> None:
+    """The datastore stores each training position once, in order (positions strictly rise
+    over its shards, in order): then excluding an entry excludes every entry of its position.
+    Read in chunks."""
+    paths = [positions_paths] if isinstance(positions_paths, (str, Path)) else list(positions_paths)
     previous = -1
-    for start in range(0, len(positions), chunk):
-        part = np.asarray(positions[start : start + chunk])
-        if len(part) and (part[0] <= previous or np.any(np.diff(part) <= 0)):
-            raise ValueError(f"{positions_path}: positions do not strictly rise, so an entry is not the only one "
-                             "of its training position; rebuild the datastore")
-        previous = int(part[-1]) if len(part) else previous
+    for path in paths:
+        positions = np.load(path, mmap_mode="r")
+        for start in range(0, len(positions), chunk):
+            part = np.asarray(positions[start : start + chunk])
+            if len(part) and (part[0] <= previous or np.any(np.diff(part) <= 0)):
+                raise ValueError(f"{path}: positions do not strictly rise, so an entry is not the only one "
+                                 "of its training position; rebuild the datastore")
+            previous = int(part[-1]) if len(part) else previous
 
 
-def write_kl_targets(folder, searcher, keys, values, rows: np.ndarray, k: int, temperature: float,
-                     log=None) -> int:
-    """Each sampled entry's leave-one-out p_kNN, written batch by batch into `folder`."""
-    width = max(0, min(k, searcher.width(k + 1) - 1))
-    with io.atomic_path(folder) as tmp, contextlib.ExitStack() as files:
+def write_kl_queries(folder, key_files, rows: np.ndarray) -> None:
+    """The sampled entries' ids and their keys (float32): the queries every shard answers."""
+    from .index import as_rows
+
+    keys = as_rows(list(key_files))
+    with io.atomic_path(folder) as tmp:
         tmp.mkdir()
         np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.int64))
+        np.save(tmp / "keys.npy", np.asarray(keys[rows], dtype=np.float32))
+
+
+def write_kl_targets(folder, rows: np.ndarray, answers: list[dict], k: int, temperature: float, log=None) -> int:
+    """Each sampled entry's leave-one-out p_kNN from the shards' answers to its key (k + 1
+    neighbours each), the entry dropped in its own shard: neighbour values and float16
+    weights softmax(-d / T), written chunk by chunk into `folder`."""
+    from .shards import merged, merged_width
+
+    rows = np.asarray(rows, dtype=np.int64)
+    width = merged_width(answers, k, own=True) if len(rows) else 0
+    with io.atomic_path(folder) as tmp, contextlib.ExitStack() as files:
+        tmp.mkdir()
+        np.save(tmp / "rows.npy", rows)
         found = files.enter_context(io.NpyWriter(tmp / "values.npy", np.int32, (len(rows), width)))
         weights = files.enter_context(io.NpyWriter(tmp / "weights.npy", np.float16, (len(rows), width)))
-        for _, batch_values, batch_weights in leave_one_out(searcher, keys, values, rows, k, temperature, log=log):
-            found.write(batch_values)
-            weights.write(batch_weights)
+        if len(rows):
+            for _, dists, _, values in merged(answers, k, own=rows, log=log):
+                found.write(values)
+                weights.write(neighbour_weights(dists, values, temperature))
     return len(rows)
 
 
@@ -145,33 +166,6 @@ def bootstrap_perplexity(logprobs: np.ndarray, n_resamples: int, seed: int) -> t
 
     return bootstrap_ci(np.asarray(logprobs, dtype=np.float64)[:, None], lambda m: np.exp(-m[..., 0]),
                         n_resamples, seed)
-
-
-# ---------------------------------------------------------------- the frontier's compressed datastores
-
-
-def frontier_search(key_file, value_file, queries: dict, found: dict, out_index, out_found: dict, factory: str,
-                    train_sample: int, k: int, nprobe: int, threads: int, log=None) -> None:
-    """The frontier_pq job: a product-quantised index of the datastore (no keys kept: searched
-    without re-ranking), written as the index stage writes one, and the kNN-LM's neighbours
-    of the evaluated queries through it (the LM's log-probs are the exact search's)."""
-    import json
-
-    import faiss
-
-    from .index import Searcher, build
-
-    values = np.load(value_file, mmap_mode="r")
-    index = build(key_file, factory, train_sample, log=log)
-    with io.atomic_path(out_index) as tmp:
-        tmp.mkdir()
-        faiss.write_index(index, str(tmp / "index.faiss"))
-        (tmp / "index.json").write_text(json.dumps({"kind": factory, "keys": int(index.ntotal), "rerank": False}) + "\n")
-    searcher = Searcher(key_file, factory, index, nprobe, rerank_exact=False, threads=threads)
-    for split, path in queries.items():
-        lm_only = SearchResults.load(found[split], neighbours=False)  # the exact search's neighbours not read
-        search_neighbours(searcher, values, lm_only, np.load(path, mmap_mode="r"), k, log).save(out_found[split])
-        print(f"{split}: {len(lm_only)} queries searched through {factory}", file=log)
 
 
 # ---------------------------------------------------------------- the memory table and the frontier

@@ -356,23 +356,24 @@ def load(folder) -> MemoryMLP:
 # ---------------------------------------------------------------- the stage's jobs
 
 
-def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, found: dict, index_dir, out_model,
-                       out_logprobs, out_costs, work_dir, shape: dict, alpha: float, train: dict, search: dict,
-                       timing_queries: int, threads: int, log=None) -> None:
-    """The train_memory job: train a memory on the datastore (resumable), then its log-prob
-    of every evaluated target from the search's own query keys, and what it and the search
-    cost at query time: bytes, and seconds per 1,000 of the same test queries, both timed here."""
+def train_and_evaluate(key_files, value_files, manifests, kl_folder, lm_dir, queries: dict, found: dict, index_dirs,
+                       out_model, out_logprobs, out_costs, work_dir, shape: dict, alpha: float, train: dict,
+                       search: dict, timing_queries: int, threads: int, log=None) -> None:
+    """The train_memory job: train a memory on the datastore's shards (resumable), then its
+    log-prob of every evaluated target from the search's own query keys, and what it and the
+    search cost at query time: bytes, and seconds per 1,000 of the same test queries, both
+    timed here (the search over every shard, merged)."""
     import pandas as pd
 
     from . import io, memory, train as training
-    from .index import NpyRows, Searcher
     from .knnlm import SearchResults
     from .model import best_device, load_lm
+    from .shards import ShardedRows, ShardedSearch
 
-    values = np.load(value_file, mmap_mode="r")
-    data = MemoryData(key_file, values, *(memory.kl_targets(kl_folder) if kl_folder else (None, None, None)))
+    keys, values = ShardedRows(key_files), ShardedRows(value_files)
+    data = MemoryData(keys, values, *(memory.kl_targets(kl_folder) if kl_folder else (None, None, None)))
     lm = load_lm(str(lm_dir))
-    key_width, vocab = NpyRows(key_file).shape[1], lm.config.vocab_size
+    key_width, vocab = keys.shape[1], lm.config.vocab_size
     model = build(key_width, vocab, shape["layers"], shape["expansion"], shape["head"], lm, train["seed"])
     del lm
     model = model.to(best_device())
@@ -386,7 +387,7 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
                 for split in ("valid", "test")}
     io.save_npz(out_logprobs, **logprobs)
     q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
-    searcher = Searcher.open(index_dir, key_file, {**search, "threads": threads})
+    searcher = ShardedSearch.open(key_files, value_files, manifests, index_dirs, {**search, "threads": threads})
     counts = memory.parameters(key_width, vocab, shape["layers"], shape["expansion"])
     row = {"queries": len(q), "search": searcher.kind,
            "search_seconds_per_1000": seconds_per_1000(lambda: searcher.search(q, search["k"]), len(q)),
@@ -397,7 +398,7 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
     print(row, file=log)
 
 
-def more_training(model_dir, examples_file, value_file, splits: dict, out_model, out_logprobs, work_dir, step: int,
+def more_training(model_dir, examples_file, manifests, splits: dict, out_model, out_logprobs, work_dir, step: int,
                   train: dict, seed: int, windowing: dict, memory_shape: dict, budget: dict, batch_tokens: int,
                   log=None) -> None:
     """The more_training job: the scale point's LM trained further from its own weights and
@@ -416,7 +417,9 @@ def more_training(model_dir, examples_file, value_file, splits: dict, out_model,
                                 "predates train.keep_optimizer: rerun it (snakemake -R train_corpus_lm)")
     lm = load_lm(str(model_dir))
     stream = load_stream(examples_file)
-    n_entries = len(np.load(value_file, mmap_mode="r"))
+    from .shards import offsets
+
+    n_entries = int(offsets(manifests)[-1])
     counts = memory.parameters(lm.config.hidden_size, lm.config.vocab_size, memory_shape["layers"],
                                memory_shape["expansion"])
     flops = memory.training_flops(counts, memory_shape["head"], n_entries, budget["epochs"])

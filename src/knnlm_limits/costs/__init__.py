@@ -30,7 +30,7 @@ import math
 import os
 from pathlib import Path
 
-from . import children, corpus, datastore, index, inspection, knnlm, memory, table1, train  # noqa: F401  (register)
+from . import children, corpus, datastore, datastore_scaling, index, inspection, knnlm, memory, table1, train  # noqa: F401  (register)
 from .base import (COSTS_FILE, ESTIMATORS, MB, Estimate, Job, model_size, shape_size, small_job, split_tokens,
                    table)
 

@@ -150,6 +150,20 @@ class Job:
     def named_size(self, name: str) -> dict | None:
         return named_model_size(self.config, name, self.base_dir)
 
+    @property
+    def shards(self) -> int:
+        return self.config["knn"]["shards"]
+
+    def shard_keys(self, n_keys: int | None) -> int | None:
+        """Entries of the largest shard: an even share, give or take a batch of windows."""
+        if n_keys is None:
+            return None
+        return min(n_keys, -(-n_keys // self.shards) + self.config["knn"]["batch_tokens"])
+
+    def first_shards_keys(self, n_keys: int | None, count: int) -> int | None:
+        """Entries of the first `count` shards."""
+        return None if n_keys is None else min(n_keys, count * -(-n_keys // self.shards) + self.config["knn"]["batch_tokens"])
+
 
 # ---------------------------------------------------------------- shared per-unit formulas
 

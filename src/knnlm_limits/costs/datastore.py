@@ -1,11 +1,12 @@
-"""Cost of the datastore stage (rules/datastore.smk): one forward pass over the training split."""
+"""Cost of the datastore stage (rules/datastore.smk): a forward pass over one shard of the
+training split (knn.shards)."""
 
 from .base import Estimate, MB, Job, cost, forward_seconds, gpu_resident, measured, unknown, window_factor
 
 
 @cost("datastore")
 def datastore(job: Job) -> Estimate:
-    size, train = job.corpus_model_size(), job.train
+    size, train = job.corpus_model_size(), job.shard_keys(job.train)
     if train is None or size is None:
         return unknown("datastore size unknown", job.uses_gpu)
     m = measured()

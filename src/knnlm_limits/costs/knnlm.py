@@ -1,9 +1,10 @@
-"""Cost of the kNN-LM search (rules/knnlm.smk): the LM over the evaluation splits, then each
-position's k neighbours, one split after the other, SEARCH_BATCH queries at a time."""
+"""Costs of the kNN-LM stage (rules/knnlm.smk): the LM pass over the evaluation splits
+(knn_queries), each shard's search for every query, one split after the other, SEARCH_BATCH
+queries at a time (knn_shard_search), and the merges of the shards' answers."""
 
-from ..index import EXACT_KINDS, choose, exact_block_rows
+from ..index import EXACT_KINDS, exact_block_rows, planned_kind
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
-                   measured, search_threads, seconds, unknown, window_factor)
+                   measured, search_threads, unknown, window_factor)
 from .index import ivf_shape
 
 
@@ -37,22 +38,66 @@ def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: 
     return held, temporaries, secs
 
 
-@cost("knn_search")
-def knn_search(job: Job) -> Estimate:
-    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
-    if None in (n_keys, valid, test) or size is None:
-        return unknown("split or datastore size unknown", job.uses_gpu)
-    knn, d = job.config["knn"], size["d"]
-    kind = choose(n_keys, knn)
+@cost("knn_queries")
+def knn_queries(job: Job) -> Estimate:
+    """The LM over the evaluation windows: its log-probs and query keys of both splits."""
+    size, valid, test = job.corpus_model_size(), job.valid, job.test
+    if None in (valid, test) or size is None:
+        return unknown("split size unknown", job.uses_gpu)
     queries = valid + test
-    held, temporaries, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, knn["rerank"])
-    # the LM pass and the search run one after the other: the larger of their peaks (the
-    # LM's logits are on the GPU where it runs on one)
+    # a split's queries and per-position arrays, and a batch's logits where the LM runs on the CPU
+    held = max(valid, test) * (4 * size["d"] + 20) / MB
     lm_pass = 0.0 if job.uses_gpu else lm_pass_mb(job.config, size)
-    mem = measured()["process_mb"] + size["params"] * 4 / MB + held + max(temporaries, lm_pass)
-    secs += forward_seconds(size, queries * window_factor(job.config), job.uses_gpu, job.threads)
-    if kind not in EXACT_KINDS:  # the sampled test queries searched exactly too (search_fidelity)
-        secs += exact_seconds(min(knn["fidelity_queries"], test), n_keys, d, job.threads)
+    mem = measured()["process_mb"] + size["params"] * 4 / MB + held + lm_pass
+    secs = forward_seconds(size, queries * window_factor(job.config), job.uses_gpu, job.threads)
+    disk = queries * (4 * size["d"] + 20) / MB
+    return Estimate(mem, 1 + secs / 60, gpu_resident(size, job.config["knn"]["batch_tokens"], job.uses_gpu), disk,
+                    job.uses_gpu)
+
+
+def answer_bytes(config: dict, rerank: bool) -> int:
+    """Bytes of one query's answer from one shard, per neighbour: distance, id, value (and the
+    exact distance where re-ranked)."""
+    return 4 + 8 + 4 + (4 if rerank else 0)
+
+
+@cost("knn_shard_search")
+def knn_shard_search(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.shard_keys(job.train), job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("split or datastore size unknown")
+    knn, d = job.config["knn"], size["d"]
+    kind = planned_kind(job.config)
+    queries = valid + test
+    rerank = knn["rerank"] and kind not in EXACT_KINDS
+    held, temporaries, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, rerank)
     k = min(knn["k"], n_keys)
-    disk = queries * 8 * k / MB + test * 8 * k / MB + queries * 4 * d / MB  # neighbours; test ids; queries
-    return Estimate(mem, secs / 60, gpu_resident(size, knn["batch_tokens"], job.uses_gpu), disk, job.uses_gpu)
+    batch = min(SEARCH_BATCH, max(valid, test))
+    # the written answer replaces the held arrays; a batch's answer is sorted by (distance, id)
+    mem = measured()["light_process_mb"] + held + temporaries + batch * k * 24 / MB
+    if kind not in EXACT_KINDS:  # the sampled test queries answered exactly too (search_fidelity)
+        secs += exact_seconds(min(knn["fidelity_queries"], test), n_keys, d, job.threads)
+    disk = queries * k * answer_bytes(job.config, rerank) / MB
+    return Estimate(mem, 1 + secs / 60, disk_mb=disk)
+
+
+def merge_estimate(job: Job, shards: int, rows_held: int, rows_merged: int, k: int, with_ids: bool) -> Estimate:
+    """Merging `shards` answers of k neighbours for rows_merged queries, MERGE_ROWS at a time,
+    holding rows_held queries' merged distances and values."""
+    from ..shards import MERGE_ROWS
+
+    m = measured()
+    chunk = min(MERGE_ROWS, rows_merged) * shards * k * m["merge_bytes_per_candidate"]
+    mem = m["light_process_mb"] + (rows_held * k * 8 + chunk) / MB
+    secs = rows_merged * shards * k * m["merge_seconds_per_candidate"]
+    return Estimate(mem, 1 + secs / 60, disk_mb=rows_merged * k * (8 + (8 if with_ids else 0)) / MB)
+
+
+@cost("knn_merge", "knn_merge_first_shards")
+def knn_merge(job: Job) -> Estimate:
+    n_keys, valid, test = job.train, job.valid, job.test
+    if None in (n_keys, valid, test):
+        return unknown("split or datastore size unknown")
+    shards = job.shards if job.rule == "knn_merge" else int(job.wildcards["size"])
+    k = min(job.config["knn"]["k"], n_keys)
+    return merge_estimate(job, shards, max(valid, test), valid + test, k, job.rule == "knn_merge")

@@ -4,11 +4,11 @@ memory's training and evaluation, the more-training control, the frontier's prod
 quantised datastores and the table."""
 
 from .. import memory
-from ..index import choose
+from ..index import planned_kind
 from .base import (Estimate, MB, Job, cost, forward_seconds, lm_pass_mb, measured, positions_bytes, seconds, small_job,
                    unknown, window_factor)
 from .index import build
-from .knnlm import search
+from .knnlm import answer_bytes, merge_estimate, search
 from .train import training
 
 
@@ -17,17 +17,53 @@ def _memory_params(job: Job, size: dict, expansion: int) -> dict:
     return memory.parameters(size["d"], size["vocab"], m["layers"], expansion)
 
 
-@cost("memory_targets")
-def memory_targets(job: Job) -> Estimate:
+def _kl_queries(job: Job, n_keys: int) -> int:
+    return min(job.config["memory"]["kl_positions"] or n_keys, n_keys)
+
+
+@cost("memory_target_queries")
+def memory_target_queries(job: Job) -> Estimate:
     size, n_keys = job.corpus_model_size(), job.train
     if n_keys is None or size is None:
         return unknown("datastore size unknown")
-    knn, sample = job.config["knn"], job.config["memory"]["kl_positions"] or n_keys
-    queries = min(sample, n_keys)
-    held, temporaries, secs = search(job.config, n_keys, size["d"], queries, min(queries, 4096), choose(n_keys, knn),
-                                     job.threads, knn["rerank"])
-    k = min(knn["k"], n_keys)
-    return Estimate(measured()["light_process_mb"] + held + temporaries, 1 + secs / 60, disk_mb=queries * k * 6 / MB)
+    queries = _kl_queries(job, n_keys)
+    est = small_job()
+    est.mem_mb += queries * size["d"] * 6 / MB  # the float16 rows read and their float32 copy
+    # the positions read through in chunks; the sampled keys, random reads
+    est.minutes += (n_keys * 8 / 1e9 + queries * measured_random_read()) / 60
+    est.disk_mb = queries * (size["d"] * 4 + 8) / MB
+    return est
+
+
+def measured_random_read() -> float:
+    from .base import assumed
+
+    return assumed()["random_read_seconds"]
+
+
+@cost("memory_target_shard")
+def memory_target_shard(job: Job) -> Estimate:
+    size, n_keys = job.corpus_model_size(), job.train
+    if n_keys is None or size is None:
+        return unknown("datastore size unknown")
+    knn, shard = job.config["knn"], job.shard_keys(n_keys)
+    queries = _kl_queries(job, n_keys)
+    kind = planned_kind(job.config)
+    held, temporaries, secs = search(job.config, shard, size["d"], queries, queries, kind, job.threads, knn["rerank"])
+    k = min(knn["k"] + 1, shard)
+    return Estimate(measured()["light_process_mb"] + held + temporaries + queries * size["d"] * 4 / MB, 1 + secs / 60,
+                    disk_mb=queries * k * answer_bytes(job.config, knn["rerank"]) / MB)
+
+
+@cost("memory_targets")
+def memory_targets(job: Job) -> Estimate:
+    n_keys = job.train
+    if n_keys is None:
+        return unknown("datastore size unknown")
+    queries, k = _kl_queries(job, n_keys), min(job.config["knn"]["k"] + 1, n_keys)
+    est = merge_estimate(job, job.shards, 0, queries, k, False)
+    est.disk_mb = queries * k * 6 / MB  # int32 values, float16 weights
+    return est
 
 
 @cost("train_memory")
@@ -46,7 +82,7 @@ def train_memory(job: Job) -> Estimate:
     flops = memory.training_flops(counts, m["head"], n_keys, m["epochs"])
     secs = seconds(flops, job.uses_gpu, job.threads) + seconds(2 * params * (valid + test), job.uses_gpu, job.threads,
                                                                float32=True)
-    kind = choose(n_keys, knn)
+    kind = planned_kind(job.config)
     held, temporaries, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"],
                                             kind, job.threads, knn["rerank"])
     secs += 2 * search_secs  # the search timed beside the memory, best of two
@@ -76,19 +112,37 @@ def more_training(job: Job) -> Estimate:
     return est
 
 
-@cost("frontier_pq")
-def frontier_pq(job: Job) -> Estimate:
-    size, n_keys, valid, test = job.corpus_model_size(), job.train, job.valid, job.test
-    if None in (n_keys, valid, test) or size is None:
-        return unknown("datastore or split size unknown")
+@cost("frontier_trained")
+def frontier_trained(job: Job) -> Estimate:
+    size, n_keys = job.corpus_model_size(), job.train
+    if n_keys is None or size is None:
+        return unknown("datastore size unknown")
     m = job.config["memory"]
     factory = m["frontier_index"].format(code=job.wildcards["code"])
-    built = build(factory, n_keys, size["d"], m["frontier_train_sample"], job.threads)
+    return build(factory, 0, size["d"], m["frontier_train_sample"], job.threads, sample_of=n_keys)
+
+
+@cost("frontier_shard")
+def frontier_shard(job: Job) -> Estimate:
+    size, n_keys, valid, test = job.corpus_model_size(), job.shard_keys(job.train), job.valid, job.test
+    if None in (n_keys, valid, test) or size is None:
+        return unknown("datastore or split size unknown")
+    factory = job.config["memory"]["frontier_index"].format(code=job.wildcards["code"])
+    built = build(factory, n_keys, size["d"], 0, job.threads, sample_of=0)
     held, temporaries, secs = search(job.config, n_keys, size["d"], valid + test, max(valid, test), factory,
                                      job.threads)
     mem = measured()["light_process_mb"] + max(built.mem_mb - measured()["process_mb"], 0) + held + temporaries
+    k = min(job.config["knn"]["k"], n_keys)
     return Estimate(mem, built.minutes + secs / 60,
-                    disk_mb=built.disk_mb + (valid + test) * 8 * job.config["knn"]["k"] / MB)
+                    disk_mb=built.disk_mb + (valid + test) * k * answer_bytes(job.config, False) / MB)
+
+
+@cost("frontier_pq")
+def frontier_pq(job: Job) -> Estimate:
+    n_keys, valid, test = job.train, job.valid, job.test
+    if None in (n_keys, valid, test):
+        return unknown("datastore or split size unknown")
+    return merge_estimate(job, job.shards, max(valid, test), valid + test, min(job.config["knn"]["k"], n_keys), False)
 
 
 @cost("memory_table")
