@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from knnlm_limits import costs
-from knnlm_limits.config import pretrained_models
+from knnlm_limits import config as knnlm_config
 from knnlm_limits.families import KEY_KINDS
 from knnlm_limits.memory import OBJECTIVES, memory_name
 
@@ -175,12 +175,10 @@ def slug(name):
 
 
 def imported_models():
-    """{folder name: (hub id or path, config key naming it)} of every model imported with
-    from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat model."""
-    named = pretrained_models(config)
-    if config["chat"]["model"] != "corpus_lm":
-        named.setdefault(config["chat"]["model"], "chat.model")
-    return {slug(name): (name, key) for name, key in named.items()}
+    """{folder name: the config setting naming it (config.ModelSetting)} of every model
+    imported with from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat
+    model."""
+    return {slug(name): s for name, s in knnlm_config.imported_models(config).items()}
 
 
 def imported(name):
@@ -504,7 +502,7 @@ def _job_estimate(rule_name, kind, uses_gpu, wildcards, facts=None):
     what the cost model needs that the wildcards do not say."""
     w = dict(wildcards.items()) | (facts(wildcards) if facts else {})
     if "name" in w and w["name"] in imported_models():
-        w["source"] = imported_models()[w["name"]][0]
+        w["source"] = imported_models()[w["name"]].name
     return costs.estimate(
         rule_name,
         config,
