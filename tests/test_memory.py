@@ -259,3 +259,51 @@ def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
     assert row["measured"] == pytest.approx(fixed, rel=1e-9)
     ratio = next(r for r in rows if r["finding"] == "memory_smaller_than_datastore")
     assert ratio["measured"] == 10.0 and ratio["holds"]
+
+
+def _tokens_at(perplexities: dict, n: int = 400, seed: int = 0):
+    """Per-token log-probs whose perplexity is exactly perplexities[column]: -log(ppl) plus
+    zero-mean noise (so that the bootstrap has an interval)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for column, ppl in perplexities.items():
+        noise = 0.3 * rng.standard_normal(n)
+        columns[column] = -np.log(ppl) + noise - noise.mean()
+    return pd.DataFrame(columns)
+
+
+def test_memory_recovers_no_gain_where_the_knnlm_has_none():
+    """The review's case at the fixed setting: LM 4.231, kNN-LM 4.701, LM + memory 4.453. The
+    ratio (4.231 - 4.453) / (4.231 - 4.701) = 0.47 is positive, but there is no gain to recover:
+    not measured, does not hold. At the tuned setting the kNN-LM beats the LM (3.9): measured as
+    before, the ratio of the perplexities and its paired bootstrap interval."""
+    import pandas as pd
+
+    from knnlm_limits import findings
+    from knnlm_limits.stats import bootstrap_ci
+
+    main = "x4-imitation"
+    tokens = _tokens_at({"lm": 4.231, "knnlm_fixed": 4.701, f"lm_memory_{main}_fixed": 4.453, "knnlm_tuned": 3.9,
+                         f"lm_memory_{main}": 4.05, f"memory_{main}": 6.0})
+    ppl = lambda column: np.exp(-tokens[column].mean())  # noqa: E731
+    assert ppl("lm") == pytest.approx(4.231) and ppl("knnlm_fixed") == pytest.approx(4.701)
+    table = pd.DataFrame([{"component": "kNN-LM", "kind": "knn", "bytes": 1000},
+                          {"component": f"LM + memory {main}", "kind": "memory", "bytes": 100}])
+    rows = findings.memory(tokens, table, main, None, "lm", {}, 200, 0)
+    recovered = {r["note"].split("; ")[1].split(":")[0]: r for r in rows if r["finding"] == "memory_recovers_knn_gain"}
+    fixed = recovered["fixed"]
+    assert not fixed["holds"] and np.isnan(fixed["measured"]) and fixed["ci_over"] == "unmeasured"
+    assert "not measured: no gain to recover" in fixed["note"]
+    tuned = recovered["tuned"]
+    assert tuned["measured"] == pytest.approx((ppl("lm") - ppl(f"lm_memory_{main}")) / (ppl("lm") - ppl("knnlm_tuned")),
+                                              rel=1e-12)
+
+    def ratio(means):
+        p = np.exp(-means)
+        return (p[..., 0] - p[..., 1]) / (p[..., 0] - p[..., 2])
+
+    expected = bootstrap_ci(tokens[["lm", f"lm_memory_{main}", "knnlm_tuned"]].to_numpy(), ratio, 200, 0)
+    assert (tuned["measured"], tuned["ci_low"], tuned["ci_high"]) == pytest.approx(expected, rel=1e-12)
+    assert tuned["holds"] and tuned["ci_over"] == "400 test tokens"

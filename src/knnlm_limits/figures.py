@@ -142,7 +142,8 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     interval explodes. The memory's gap is (ppl_LM+memory - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM)
     = 1 - memory_recovers_knn_gain (the kNN-LM at its tuned setting): on the same scale, 0 = the
     memory reaches the kNN-LM. A point whose interval leaves the axis is drawn hollow (an arrow
-    at the edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap.
+    at the edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap;
+    so is a point not measured (no marker).
     """
     claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
               "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
@@ -177,6 +178,9 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
                 ax.errorbar(xo, ok.measured, yerr=[ok.measured - ok.ci_low, ok.ci_high - ok.measured],
                             marker="o", ls=style, capsize=3, label=label, color=color)
                 for xi, r in zip(x[~inside], line[~inside].itertuples()):  # undecided: hollow, listed below
+                    if pd.isna(r.measured):  # not measured (the memory's: no kNN-LM gain to recover)
+                        beyond.append((color, f"width {r.n_embd:g}, {label}: not measured"))
+                        continue
                     marker, y = "o", r.measured
                     if not ylim[0] <= r.measured <= ylim[1]:
                         marker, y = ("^", ylim[1]) if r.measured > ylim[1] else ("v", ylim[0])
