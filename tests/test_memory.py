@@ -307,3 +307,159 @@ def test_memory_recovers_no_gain_where_the_knnlm_has_none():
     expected = bootstrap_ci(tokens[["lm", f"lm_memory_{main}", "knnlm_tuned"]].to_numpy(), ratio, 200, 0)
     assert (tuned["measured"], tuned["ci_low"], tuned["ci_high"]) == pytest.approx(expected, rel=1e-12)
     assert tuned["holds"] and tuned["ci_over"] == "400 test tokens"
+
+
+# ---------------------------------------------------------------- what the stage's arithmetic rests on
+
+
+def test_one_entry_per_position_is_checked_as_brute_force_would():
+    """Positions that do not strictly rise fail, within a chunk and across chunks' edges alike,
+    for every chunk size; the brute-force rule is np.all(np.diff(positions) > 0)."""
+    import tempfile
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    cases = [[], [4], [1, 2, 5, 9], [1, 2, 2, 3], [1, 2, 3, 3, 4], [3, 2], [1, 5, 4, 6, 7, 8]]
+    cases += [np.sort(rng.integers(0, 12, rng.integers(0, 9))) for _ in range(40)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "positions.npy"
+        for positions in cases:
+            positions = np.asarray(positions, dtype=np.int64)
+            np.save(path, positions)
+            rises = bool(np.all(np.diff(positions) > 0))
+            for chunk in (1, 2, 3, 4, 2**22):
+                if rises:
+                    memory.check_one_entry_per_position(path, chunk=chunk)
+                else:
+                    with pytest.raises(ValueError, match="do not strictly rise"):
+                        memory.check_one_entry_per_position(path, chunk=chunk)
+
+
+def _counted_flops(fn) -> int:
+    """The multiply-adds (2 FLOPs each) of every matrix product fn() runs, forward and backward,
+    as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _memory_batch(d, vocab, n, n_kl, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    kl_values = rng.integers(0, vocab, (n_kl, k))
+    w = rng.random((n_kl, k))
+    w /= w.sum(1, keepdims=True)
+    return memory_mlp.Batch(torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)),
+                            torch.from_numpy(rng.integers(0, vocab, n)), torch.arange(n_kl),
+                            torch.from_numpy(kl_values), torch.from_numpy(w.astype(np.float32)),
+                            torch.from_numpy(memory_mlp.neg_entropy(kl_values, w)))
+
+
+@pytest.mark.parametrize("head", ["lm", "lm_frozen"])
+def test_a_memorys_training_flops_are_its_counted_matrix_products(head):
+    """training_flops against the FLOPs torch counts in a training step (the fused loss's forward
+    and gradients, the body's backward): per entry, times the entries an epoch fraction sees.
+    LayerNorms and biases are counted by the formula but are no matrix products: under 1%."""
+    from knnlm_limits import model as lm_model
+
+    d, vocab, layers, expansion, n = 64, 2000, 2, 4, 32
+    lm = lm_model.build_model(vocab, 1, d, 2, 16, seed=0)
+    mem = memory_mlp.build(d, vocab, layers, expansion, head=head, lm=lm)
+    batch = _memory_batch(d, vocab, n, 8)
+    per_entry = _counted_flops(lambda: memory_mlp.memory_loss(mem, batch, 0.5).backward()) / n
+    counts = memory.parameters(d, vocab, layers, expansion)
+    assert memory.training_flops(counts, head, 1000, 0.5) == pytest.approx(per_entry * 1000 * 0.5, rel=0.01)
+
+
+def test_the_more_training_steps_spend_the_counted_flops_of_the_memory():
+    """The steps the control adds: the LM's counted FLOPs of that many training steps reach the
+    memory's counted training FLOPs, within one step and the 6-FLOPs-a-parameter-a-token
+    convention's error (the head scores block - 1 of a block's tokens; attention's products
+    and the position embeddings are not in it: -4% at this shape); and the budget to steps
+    conversion in closed form (ceil), for compute and for epochs."""
+    from knnlm_limits import model as lm_model
+
+    d, vocab, block, batch_size = 64, 2000, 64, 2
+    lm = lm_model.build_model(vocab, 1, d, 2, block, seed=0)
+    params = sum(p.numel() for p in lm.parameters())
+    ids = torch.randint(0, vocab, (batch_size, block), generator=torch.Generator().manual_seed(0))
+    scored = torch.ones(batch_size, block - 1, dtype=torch.bool)
+    lm_step = _counted_flops(lambda: train.lm_loss(lm, ids, scored).backward())
+    mem = memory_mlp.build(d, vocab, 2, 4, head="lm", lm=lm)
+    mem_batch = _memory_batch(d, vocab, 32, 8)
+    entries, epochs = 20000, 0.8
+    mem_flops = _counted_flops(lambda: memory_mlp.memory_loss(mem, mem_batch, 0.5).backward()) / 32 * entries * epochs
+    budget = memory.training_flops(memory.parameters(d, vocab, 2, 4), "lm", entries, epochs)
+    steps = memory.more_training_steps("compute", budget, params, batch_size * block, epochs, 10**6)
+    assert 40 < steps < 1000  # a test of the conversion, not of rounding
+    assert abs(steps * lm_step - mem_flops) <= lm_step + 0.06 * mem_flops
+    # closed form: the fewest steps whose 6 P tokens reach the budget; epochs over the split
+    per_step = 6 * params * batch_size * block
+    assert memory.more_training_steps("compute", 7 * per_step, params, batch_size * block, 1.0, 0) == 7
+    assert memory.more_training_steps("compute", 7 * per_step + 1, params, batch_size * block, 1.0, 0) == 8
+    assert memory.more_training_steps("epochs", 0.0, params, 100, 0.5, 1001) == 6
+    assert memory.more_training_steps("epochs", 0.0, params, 100, 0.5, 1000) == 5
+
+
+def _frontier_case(tmp_path, factory, nprobe, n=300, d=16, k=5):
+    """A datastore (float16 keys, values), two splits' queries and LM-only search results, and
+    frontier_search through `factory` searched at `nprobe`: (keys, values, queries, found,
+    what it wrote)."""
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((n, d)).astype(np.float16)
+    values = rng.integers(0, 50, n).astype(np.int32)
+    np.save(tmp_path / "keys.npy", keys)
+    np.save(tmp_path / "values.npy", values)
+    queries, found, out = {}, {}, {}
+    for split, m in (("valid", 40), ("test", 60)):
+        queries[split] = tmp_path / f"{split}_queries.npy"
+        np.save(queries[split], rng.standard_normal((m, d)).astype(np.float32))
+        found[split] = tmp_path / f"{split}.npz"
+        SearchResults(targets=rng.integers(0, 50, m), lm_logprob=np.log(rng.uniform(0.01, 1, m)).astype(np.float32),
+                      example=np.arange(m)).save(found[split])
+        out[split] = tmp_path / "pq" / f"{split}.npz"
+    (tmp_path / "pq").mkdir()
+    memory.frontier_search(tmp_path / "keys.npy", tmp_path / "values.npy", queries, found, tmp_path / "pq" / "index",
+                           out, factory, 10**6, k, nprobe, 1)
+    return keys, values, queries, found, out
+
+
+def _brute_force(vectors, queries, k):
+    """(distances, ids) of each query's k nearest vectors, float64."""
+    dist = ((queries[:, None, :].astype(np.float64) - vectors[None, :, :].astype(np.float64)) ** 2).sum(-1)
+    ids = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, ids, 1), ids
+
+
+def test_the_frontier_searches_through_its_index_as_brute_force_does(tmp_path):
+    """An IVF index searched at nprobe = every list is exact: each split's neighbours are the
+    brute-force k nearest keys (their values and distances); the LM's log-probs and targets are
+    the exact search's; the index folder is written as the index stage writes one."""
+    from knnlm_limits.index import read_manifest
+
+    keys, values, queries, found, out = _frontier_case(tmp_path, "IVF8,Flat", nprobe=8)
+    for split in ("valid", "test"):
+        got, given = SearchResults.load(out[split]), SearchResults.load(found[split])
+        dist, ids = _brute_force(keys, np.load(queries[split]), 5)
+        np.testing.assert_allclose(got.dists, dist, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got.nbr_values, values[ids])
+        np.testing.assert_array_equal(got.targets, given.targets)
+        np.testing.assert_array_equal(got.lm_logprob, given.lm_logprob)
+    assert read_manifest(tmp_path / "pq" / "index") == {"kind": "IVF8,Flat", "keys": 300, "rerank": False}
+    searcher = Searcher.open(tmp_path / "pq" / "index", tmp_path / "keys.npy", {"nprobe": 8, "rerank": False})
+    np.testing.assert_array_equal(searcher.search(np.load(queries["test"]), 5)[1], _brute_force(
+        keys, np.load(queries["test"]), 5)[1])
+
+
+def test_the_frontiers_pq_distances_are_to_the_decoded_keys(tmp_path):
+    """Through product-quantised codes (every list probed), each neighbour distance is the exact
+    distance to the nearest decoded keys: the codes' own brute force."""
+    import faiss
+
+    keys, values, queries, found, out = _frontier_case(tmp_path, "IVF4,PQ4x4", nprobe=4)
+    index = faiss.read_index(str(tmp_path / "pq" / "index" / "index.faiss"))
+    decoded = index.sa_decode(index.sa_encode(keys.astype(np.float32)))
+    for split in ("valid", "test"):
+        dist, _ = _brute_force(decoded, np.load(queries[split]), 5)
+        np.testing.assert_allclose(SearchResults.load(out[split]).dists, dist, rtol=1e-3, atol=1e-3)
