@@ -19,7 +19,7 @@ from pathlib import Path
 from knnlm_limits import costs
 from knnlm_limits import config as knnlm_config
 from knnlm_limits.families import KEY_KINDS
-from knnlm_limits.memory import OBJECTIVES, memory_name
+from knnlm_limits.memory import OBJECTIVES, memory_name, target_search_settings
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -421,11 +421,19 @@ def memory_train_settings():
 
 
 def memory_budget():
-    """What the more-training control's budget is computed from: the memory's shape and epochs."""
+    """What the more-training control's budget is computed from: the memory's shape and epochs,
+    and (a compute budget) what its kNN targets' search costs follows from."""
     m = config["memory"]
+    compute = m["control_budget"] == "compute"
     return {
         "memory_shape": memory_shape(m["expansion"]),
-        "budget": {"control_budget": m["control_budget"], "epochs": m["epochs"]},
+        "budget": {
+            "control_budget": m["control_budget"],
+            "epochs": m["epochs"],
+            "target_search": (
+                target_search_settings(config["knn"], m) if compute else None
+            ),
+        },
     }
 
 
@@ -484,6 +492,7 @@ def memory_table_inputs(w):
         **datastore(*point),
         "index": index_dir(*point),
         "logprobs": [memory_file(*point, e, o, "logprobs.npz") for e, o in variants],
+        "footprints": [memory_file(*point, e, o, "footprint.csv") for e, o in variants],
         "costs": [memory_file(*point, e, o, "query_costs.csv") for e, o in variants],
         "pq_valid": [frontier_file(*point, c, "valid") for c in codes],
         "pq_test": [frontier_file(*point, c, "test") for c in codes],

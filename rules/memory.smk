@@ -47,6 +47,7 @@ rule train_memory:
     output:
         model=directory(memory_file(*MEMORY, "model")),
         logprobs=memory_file(*MEMORY, "logprobs.npz"),
+        footprint=memory_file(*MEMORY, "footprint.csv"),
         costs=memory_file(*MEMORY, "query_costs.csv"),
     log:
         f"{LOGS}/memory/{POINT}/{MEMORY_NAME}.log",

@@ -25,8 +25,8 @@ def train_memory(inp, out, p, threads, log):
 
     memory_mlp.train_and_evaluate(
         inp.key_file, inp.value_file, inp.get("kl"), inp.lm, {s: inp[f"queries_{s}"] for s in SPLITS},
-        {s: inp[f"found_{s}"] for s in SPLITS}, inp.index, out.model, out.logprobs, out.costs, p.work_dir,
-        p.shape, p.alpha, p.train, p.search, p.timing_queries, threads, log)
+        {s: inp[f"found_{s}"] for s in SPLITS}, inp.index, out.model, out.logprobs, out.footprint, out.costs,
+        p.work_dir, p.shape, p.alpha, p.train, p.search, p.timing_queries, threads, log)
 
 
 def more_training(inp, out, p, threads, log):
@@ -52,8 +52,9 @@ def memory_table(inp, out, p, threads, log):
     from knnlm_limits.index import read_manifest
 
     found = {s: inp[f"found_{s}"] for s in SPLITS}
-    memories = {name: {"logprobs": io.load_npz(lp), "costs": pd.read_csv(c).iloc[0].to_dict()}
-                for name, lp, c in zip(p.memories, inp.logprobs, inp.costs)}
+    memories = {name: {"logprobs": io.load_npz(lp), "footprint": pd.read_csv(f).iloc[0].to_dict(),
+                       "costs": pd.read_csv(c)}
+                for name, lp, f, c in zip(p.memories, inp.logprobs, inp.footprints, inp.costs)}
     more = io.load_npz(inp.more) if "more" in inp.keys() else None
     # a PQ datastore is searched without re-ranking: its codes and values, no keys
     pq = {code: {"valid": v, "test": t, "bytes": memory.datastore_bytes(inp.key_file, inp.value_file, index, False)}

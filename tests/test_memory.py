@@ -224,20 +224,26 @@ def test_a_memory_killed_mid_training_resumes_to_the_same_weights(tmp_path):
 def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
     """LM + memory is log(lam p_mem + (1 - lam) p_lm) per token, lam the validation grid's best;
     the recovered fraction of the kNN-LM's gain is recomputed from the per-token columns."""
+    import pandas as pd
+
     from knnlm_limits import findings
 
     rng = np.random.default_rng(0)
 
     def found(n):
-        return SearchResults(targets=rng.integers(0, 9, n), lm_logprob=np.log(rng.uniform(0.05, 0.5, n)).astype(np.float32),
+        targets, nbr_values = rng.integers(0, 9, n), rng.integers(0, 9, (n, 3)).astype(np.int32)
+        nbr_values[:, 0] = np.where(rng.random(n) < 0.6, targets, nbr_values[:, 0])  # a kNN-LM gain to recover
+        return SearchResults(targets=targets, lm_logprob=np.log(rng.uniform(0.05, 0.5, n)).astype(np.float32),
                              example=np.zeros(n, np.int64), dists=rng.uniform(0, 4, (n, 3)).astype(np.float32),
-                             nbr_values=rng.integers(0, 9, (n, 3)).astype(np.int32))
+                             nbr_values=nbr_values)
 
     splits = {"valid": found(300), "test": found(400)}
     mem = {s: np.log(rng.uniform(0.1, 0.9, len(f))) for s, f in splits.items()}
-    costs = {"bytes_fp32": 1000, "bytes_fp16": 500, "train_steps": 3}
+    footprint = {"bytes_fp32": 1000, "bytes_fp16": 500, "train_steps": 3, "train_flops": 1e9, "target_search_flops": 5e8}
+    timed = pd.DataFrame([{"queries": 10, "search_seconds_per_1000": 1.0, "memory_seconds_per_1000": 0.1}])
     lambdas = [0.1, 0.5, 0.9]
-    t = memory.tables(splits, (0.25, 1.0), (0.5, 2.0), {"x4-imitation": {"logprobs": mem, "costs": costs}}, None, {},
+    memories = {"x4-imitation": {"logprobs": mem, "footprint": footprint, "costs": timed}}
+    t = memory.tables(splits, (0.25, 1.0), (0.5, 2.0), memories, None, {},
                       10_000, "exact", lambdas, {"lambda": [0.25], "temperature": [1.0]},
                       {"bootstrap_resamples": 200, "seed": 0})
     lm_v = splits["valid"].lm_logprob.astype(np.float64)
@@ -290,7 +296,8 @@ def test_memory_recovers_no_gain_where_the_knnlm_has_none():
     ppl = lambda column: np.exp(-tokens[column].mean())  # noqa: E731
     assert ppl("lm") == pytest.approx(4.231) and ppl("knnlm_fixed") == pytest.approx(4.701)
     table = pd.DataFrame([{"component": "kNN-LM", "kind": "knn", "bytes": 1000},
-                          {"component": f"LM + memory {main}", "kind": "memory", "bytes": 100}])
+                          {"component": f"LM + memory {main}", "kind": "memory", "bytes": 100, "train_flops": 1e9,
+                           "target_search_flops": 5e8}])
     rows = findings.memory(tokens, table, main, None, "lm", {}, 200, 0)
     recovered = {r["note"].split("; ")[1].split(":")[0]: r for r in rows if r["finding"] == "memory_recovers_knn_gain"}
     fixed = recovered["fixed"]
@@ -463,3 +470,90 @@ def test_the_frontiers_pq_distances_are_to_the_decoded_keys(tmp_path):
     for split in ("valid", "test"):
         dist, _ = _brute_force(decoded, np.load(queries[split]), 5)
         np.testing.assert_allclose(SearchResults.load(out[split]).dists, dist, rtol=1e-3, atol=1e-3)
+
+
+def test_the_more_training_control_is_an_uninterrupted_run_for_the_memorys_whole_compute(tmp_path):
+    """memory_mlp.more_training, run as its job runs it: continued from a step-3 checkpoint's
+    weights and optimizer state, its LM equals train.train's uninterrupted run from step 0 to
+    3 + extra, bitwise (same seed, data order, optimizer state), and its log-probs are that LM's.
+    extra, independently: the fewest steps whose 6 FLOPs a parameter a token reach the memory's
+    training (6 FLOPs a parameter an entry an epoch, the parameters counted by torch; its head
+    trains) plus its kNN targets' exact search over every entry, 2 n_targets n_keys d."""
+    import math
+
+    from safetensors.torch import load_file
+
+    from knnlm_limits import io, knnlm
+    from knnlm_limits import model as lm_model
+    from knnlm_limits.tokens import blocks, load_stream, save_stream, windows
+
+    vocab, d, block, n_entries, epochs, seed = 90, 16, 8, 300, 2.0, 5
+    rng = np.random.default_rng(1)
+    save_stream(tmp_path / "train.npz", rng.integers(0, vocab, 24 * block))
+    splits = {split: tmp_path / f"{split}.npz" for split in ("valid", "test")}
+    for path in splits.values():
+        save_stream(path, rng.integers(0, vocab, 5 * block))
+    np.save(tmp_path / "values.npy", rng.integers(0, vocab, n_entries).astype(np.int32))
+    settings = dict(checkpoints=[3], batch_size=4, lr=3e-3, warmup_steps=2)
+    examples = blocks(load_stream(tmp_path / "train.npz"), block)
+
+    def fresh_lm():
+        return lm_model.build_model(vocab, 2, d, 2, 16, seed=1)
+
+    train.train(fresh_lm(), examples, train.TrainSettings(**settings, seed=seed, keep_optimizer=True),
+                {3: tmp_path / "step-3"}, tmp_path / "step-3.work")
+    target_search = {"n": None, "k": 8, "nprobe": 1, "rerank": False, "exact_max_keys": 10**6, "exact_index": "exact",
+                     "approximate_index": "IVF4,PQ4"}
+    windowing = {"block_size": block, "stride": 4}
+    memory_mlp.more_training(tmp_path / "step-3", tmp_path / "train.npz", tmp_path / "values.npy", splits,
+                             tmp_path / "more", tmp_path / "more.npz", tmp_path / "more.work", 3, settings, seed,
+                             windowing, {"layers": 1, "expansion": 2, "head": "lm"},
+                             {"control_budget": "compute", "epochs": epochs, "target_search": target_search}, 4096)
+    out = io.load_npz(tmp_path / "more.npz")
+    extra = int(out["extra_steps"])
+    memory_params = sum(p.numel() for p in memory_mlp.build(d, vocab, 1, 2, head="lm", lm=fresh_lm()).parameters())
+    lm_params = sum(p.numel() for p in fresh_lm().parameters())
+    budget = 6 * memory_params * n_entries * epochs + 2 * n_entries * n_entries * d
+    assert extra == math.ceil(budget / (6 * lm_params * settings["batch_size"] * block))
+    assert float(out["train_flops"]) == 6 * lm_params * settings["batch_size"] * block * extra
+    train.train(fresh_lm(), examples, train.TrainSettings(**{**settings, "checkpoints": [3 + extra]}, seed=seed),
+                {3 + extra: tmp_path / "whole"}, tmp_path / "whole.work")
+    whole, more = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "more" / "model.safetensors")
+    assert whole.keys() == more.keys() and all(torch.equal(whole[k], more[k]) for k in whole)
+    lm = lm_model.load_lm(str(tmp_path / "whole"))
+    for split, path in splits.items():
+        found, _ = knnlm.lm_and_queries(lm, windows(load_stream(path), block, 4), None, 4096)
+        np.testing.assert_array_equal(out[split], found.lm_logprob.astype(np.float64))
+
+
+def test_the_kl_targets_search_flops_are_what_faiss_scans(tmp_path):
+    """Through IVF-PQ, the targets' leave-one-out search costs the coarse quantiser's nlist
+    distances (2 d each) a query and one addition a sub-quantiser for every code FAISS scans
+    (its own count, indexIVF_stats): the formula's lists of equal size within 5%. Exact search:
+    a distance from each target to every key; exact re-ranking, a distance a neighbour. The
+    plan's figure is the same, the index kind chosen by the datastore's size, the sample capped
+    by it."""
+    import faiss
+
+    from knnlm_limits.index import build
+
+    n, d, k, n_targets, factory = 2000, 16, 8, 300, "IVF16,PQ4x4"
+    keys, values = _datastore(n=n, d=d, vocab=30, seed=4)
+    rows = memory.kl_sample(n, n_targets, seed=0)
+    searcher = Searcher(keys, factory, build(keys, factory, 10**6), nprobe=4)
+    faiss.cvar.indexIVF_stats.reset()
+    memory.write_kl_targets(tmp_path / "kl", searcher, keys, values, rows, k, 1.0)
+    stats = faiss.cvar.indexIVF_stats
+    assert stats.nq == n_targets
+    counted = n_targets * 16 * 2 * d + stats.ndis * 4  # 16 lists; 4 sub-quantisers a code
+    flops = memory.target_search_flops(n_targets, n, d, factory, k, 4, False)
+    assert flops == pytest.approx(counted, rel=0.05)
+    assert memory.target_search_flops(n_targets, n, d, factory, k, 4, True) - flops == n_targets * (k + 1) * 2 * d
+    assert memory.target_search_flops(n_targets, n, d, "exact", k, 4, False) == 2 * n_targets * n * d
+    planned = {"n": n_targets, "k": k, "nprobe": 4, "rerank": False, "exact_max_keys": n - 1, "exact_index": "exact",
+               "approximate_index": factory}
+    assert memory.planned_target_search_flops(n, d, planned) == flops
+    assert memory.planned_target_search_flops(n, d, {**planned, "exact_max_keys": n}) == 2 * n_targets * n * d
+    for every in (None, 10 * n):
+        assert memory.planned_target_search_flops(n, d, {**planned, "n": every, "exact_max_keys": n}) == 2 * n * n * d
+    assert memory.planned_target_search_flops(n, d, None) == 0

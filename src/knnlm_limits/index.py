@@ -116,6 +116,31 @@ def choose(n_keys: int, settings: dict) -> str:
     return settings["exact_index"] if n_keys <= settings["exact_max_keys"] else settings["approximate_index"]
 
 
+def ivf_shape(factory: str, d: int) -> tuple[int, int]:
+    """(number of lists, bytes per code) of an 'IVF<n>,PQ<m>' / 'PQ<m>' / 'IVF<n>,SQ8' / 'IVF<n>,Flat' factory."""
+    nlist, code = 1, 4 * d
+    for part in factory.split(","):
+        if part.startswith("IVF"):
+            nlist = int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
+        elif part.startswith("PQ"):
+            m_sub = part[2:].split("x")
+            code = int(m_sub[0]) * (int(m_sub[1]) if len(m_sub) > 1 else 8) // 8
+        elif part == "SQ8":
+            code = d
+        elif part in ("SQfp16", "SQ16"):
+            code = 2 * d
+    return nlist, code
+
+
+def code_scan_flops(factory: str, d: int) -> int:
+    """FLOPs of comparing a query with one stored code of `factory` while scanning a list: one
+    table look-up addition per sub-quantiser of a PQ code, a distance (2 d) for a Flat or SQ code."""
+    for part in factory.split(","):
+        if part.startswith("PQ"):
+            return int(part[2:].split("x")[0])
+    return 2 * d
+
+
 def check_factory(factory: str, dim: int, key: str) -> None:
     """Fail now, naming the config key, if FAISS cannot build `factory` for `dim`-d keys."""
     if factory == EXACT:

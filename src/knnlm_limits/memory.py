@@ -3,7 +3,8 @@
 The MLP itself, its loss and its training are in memory_mlp.py (torch). Here, with NumPy
 only (the rules and the cost model read it while the workflow is planned):
 
-- its size and bytes, and the training compute the more-training control matches;
+- its size and bytes, its training compute and its kNN targets' search compute, which the
+  more-training control matches together;
 - the kNN targets of a seeded sample of datastore entries: each entry's p_kNN over the
   *other* entries (knnlm.leave_one_out), stored sparse in a folder of three .npy files:
   rows (S,) int64 entry ids, values (S, k) int32 neighbour values (-1: none), weights
@@ -55,9 +56,66 @@ def training_flops(counts: dict, head: str, n_entries: int, epochs: float) -> fl
     return n_entries * epochs * (4 * total + 2 * trained)
 
 
+def kl_target_count(n_entries: int, n: int | None) -> int:
+    """Entries given a kNN target (kl_sample's size): memory.kl_positions of them, every entry when None."""
+    return n_entries if n is None else min(n, n_entries)
+
+
+def target_search_flops(n_targets: int, n_keys: int, d: int, kind: str, k: int, nprobe: int, rerank: bool) -> float:
+    """FLOPs of the kNN targets' search (knnlm.leave_one_out): each of n_targets entries' key
+    searched for its k + 1 nearest of n_keys keys of width d through an index of `kind`.
+
+    Exact search (exact, Flat, SQfp16): a distance to every key, 2 d FLOPs each (FAISS's kernel:
+    a dot product, the norms once), 2 n_targets n_keys d. An IVF index: the coarse quantiser's
+    nlist distances, then the codes of the nprobe lists probed (n_keys nprobe / nlist a query,
+    lists of equal size), each scanned for index.code_scan_flops (a PQ code: one addition a
+    sub-quantiser; its look-up tables, 2 x 256 d a query, left out); exact re-ranking, a
+    distance (2 d) a neighbour.
+    """
+    from .index import EXACT_KINDS, code_scan_flops, ivf_shape
+
+    if kind in EXACT_KINDS:
+        return 2.0 * n_targets * n_keys * d
+    nlist, _ = ivf_shape(kind, d)
+    scan = code_scan_flops(kind, d)
+    per_query = 2 * nlist * d + n_keys * min(1.0, nprobe / nlist) * scan
+    if rerank:
+        per_query += 2 * d * min(k + 1, n_keys)
+    return float(n_targets * per_query)
+
+
+TARGET_SEARCH_KNN = ("k", "nprobe", "rerank", "exact_max_keys", "exact_index", "approximate_index")
+
+
+def target_search_settings(knn: dict, memory: dict) -> dict | None:
+    """What the kNN targets' search FLOPs follow from, before any job ran: memory_targets'
+    sample and search settings and the index stage's choice (the config's `knn` and `memory`
+    sections); None where the memory has no kNN targets (memory.alpha 0)."""
+    if memory["alpha"] == 0:
+        return None
+    return {"n": memory["kl_positions"], **{key: knn[key] for key in TARGET_SEARCH_KNN}}
+
+
+def planned_target_search_flops(n_entries: int, d: int, settings: dict | None) -> float:
+    """target_search_flops of a datastore of n_entries keys of width d, as target_search_settings
+    plan it: the sample's size and the index kind chosen as the index stage chooses (0 for None)."""
+    from .index import choose
+
+    if settings is None:
+        return 0.0
+    return target_search_flops(kl_target_count(n_entries, settings["n"]), n_entries, d, choose(n_entries, settings),
+                               settings["k"], settings["nprobe"], settings["rerank"])
+
+
+def imitation_flops(counts: dict, head: str, n_entries: int, epochs: float, d: int, target_search: dict | None) -> float:
+    """The compute the more-training control is matched to: the memory's training and its kNN
+    targets' search (target_search_settings; None: no search)."""
+    return training_flops(counts, head, n_entries, epochs) + planned_target_search_flops(n_entries, d, target_search)
+
+
 def more_training_steps(budget: str, memory_flops: float, lm_params: float, tokens_per_step: int,
                         epochs: float, n_train_tokens: int) -> int:
-    """Steps the more-training control adds to its LM: the memory's training compute at
+    """Steps the more-training control adds to its LM: the memory's compute (imitation_flops) at
     6 FLOPs a parameter a token ('compute'), or the memory's epochs over the training split
     ('epochs')."""
     if budget == "epochs":
@@ -86,7 +144,8 @@ def folder_bytes(path) -> int:
 
 
 def kl_sample(n_entries: int, n: int | None, seed: int) -> np.ndarray:
-    """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None)."""
+    """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None),
+    kl_target_count of them."""
     return np.arange(n_entries) if n is None else sample_rows(n_entries, n, seed)
 
 
@@ -192,8 +251,10 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
 
     found: the configured search's {valid, test} search results (files or SearchResults);
     fixed / tuned: the kNN-LM's (lambda, T) as configured and as Table 1's validation grid
-    chose; memories: {name: {logprobs: {valid, test}, costs: its query_costs row}}; more: the
-    more-trained LM's {valid, test, extra_steps} or None; pq: {code: {valid, test, bytes}}.
+    chose; memories: {name: {logprobs: {valid, test}, footprint: its footprint row (bytes,
+    training steps, train_flops, target_search_flops), costs: its query_costs rows}}; more: the
+    more-trained LM's {valid, test, extra_steps, train_flops} or None; pq: {code: {valid, test,
+    bytes}}.
     One split's neighbours are held at a time: the job's memory is a split's, not all of them.
 
     Returns DataFrames: `tokens` (per test token, every log-prob the table reads), `grid`
@@ -226,7 +287,7 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
     if more is not None:
         tokens["lm_more"] = np.asarray(more["test"], dtype=np.float64)
         row(f"LM trained {int(more['extra_steps'])} steps further", "more_training", 0, "lm_more", "lm_more",
-            extra_steps=int(more["extra_steps"]))
+            extra_steps=int(more["extra_steps"]), train_flops=float(more["train_flops"]), target_search_flops=0.0)
     row(f"kNN-LM, datastore (float16 keys, {search_kind})", "knn", datastore_bytes, "knnlm_fixed", "knnlm_tuned",
         tuned[0], tuned[1])
     point("kNN-LM, datastore", "knn", datastore_bytes, "knnlm_tuned")
@@ -249,12 +310,17 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
         tokens[f"memory_{name}"] = mem
         tokens[f"lm_memory_{name}"] = interpolate(tokens["lm"], mem, lam)
         tokens[f"lm_memory_{name}_fixed"] = interpolate(tokens["lm"], mem, fixed[0])
-        size = int(entry["costs"]["bytes_fp32"])
-        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}")
+        foot = entry["footprint"]
+        size = int(foot["bytes_fp32"])
+        # each component's compute: its training, and the kNN targets' search it was trained on
+        compute = {"train_flops": float(foot["train_flops"]), "target_search_flops": float(foot["target_search_flops"])}
+        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}", **compute)
         row(f"LM + memory {name}", "memory", size, f"lm_memory_{name}_fixed", f"lm_memory_{name}", lam,
-            bytes_fp16=int(entry["costs"]["bytes_fp16"]), train_steps=int(entry["costs"]["train_steps"]))
+            bytes_fp16=int(foot["bytes_fp16"]), train_steps=int(foot["train_steps"]), **compute)
         point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}")
-    costs = pd.DataFrame([{"memory": name, **entry["costs"]} for name, entry in memories.items()])
+    timed = [entry["costs"].assign(memory=name) for name, entry in memories.items()]
+    costs = pd.concat(timed, ignore_index=True) if timed else pd.DataFrame(columns=["memory"])
+    costs = costs[["memory", *costs.columns.drop("memory")]]
     return {"tokens": pd.DataFrame(tokens), "grid": pd.concat(grids, ignore_index=True)[
                 ["component", "lambda", "temperature", "valid_perplexity"]] if grids else pd.DataFrame(),
             "table": pd.DataFrame(rows), "frontier": pd.DataFrame(points), "costs": costs}

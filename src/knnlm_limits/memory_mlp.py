@@ -357,11 +357,12 @@ def load(folder) -> MemoryMLP:
 
 
 def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, found: dict, index_dir, out_model,
-                       out_logprobs, out_costs, work_dir, shape: dict, alpha: float, train: dict, search: dict,
-                       timing_queries: int, threads: int, log=None) -> None:
+                       out_logprobs, out_footprint, out_costs, work_dir, shape: dict, alpha: float, train: dict,
+                       search: dict, timing_queries: int, threads: int, log=None) -> None:
     """The train_memory job: train a memory on the datastore (resumable), then its log-prob
-    of every evaluated target from the search's own query keys, and what it and the search
-    cost at query time: bytes, and seconds per 1,000 of the same test queries, both timed here."""
+    of every evaluated target from the search's own query keys; its footprint (parameters,
+    bytes, training steps, and the compute of its training and of its kNN targets' search);
+    and what it and the search cost at query time, both timed here."""
     import pandas as pd
 
     from . import io, memory, train as training
@@ -385,24 +386,32 @@ def train_and_evaluate(key_file, value_file, kl_folder, lm_dir, queries: dict, f
                                       SearchResults.load(found[split], neighbours=False).targets)
                 for split in ("valid", "test")}
     io.save_npz(out_logprobs, **logprobs)
-    q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
     searcher = Searcher.open(index_dir, key_file, {**search, "threads": threads})
     counts = memory.parameters(key_width, vocab, shape["layers"], shape["expansion"])
+    # the kNN targets it was trained on were searched through this index (memory_targets)
+    searched = memory.target_search_flops(len(data.kl_rows), len(data), key_width, searcher.kind, search["k"],
+                                          search["nprobe"], search["rerank"]) if kl_folder else 0.0
+    footprint = {"params_body": counts["body"], "params_head": counts["head"],
+                 **memory.memory_bytes(counts, shape["head"]), "train_steps": s.total_steps,
+                 "train_flops": memory.training_flops(counts, shape["head"], len(data), train["epochs"]),
+                 "target_search_flops": searched}
+    io.write_csv(out_footprint, pd.DataFrame([footprint]))
+    q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
     row = {"queries": len(q), "search": searcher.kind,
            "search_seconds_per_1000": seconds_per_1000(lambda: searcher.search(q, search["k"]), len(q)),
-           "memory_seconds_per_1000": forward_seconds_per_1000(model, q),
-           "params_body": counts["body"], "params_head": counts["head"], **memory.memory_bytes(counts, shape["head"]),
-           "train_steps": s.total_steps}
+           "memory_seconds_per_1000": forward_seconds_per_1000(model, q)}
     io.write_csv(out_costs, pd.DataFrame([row]))
-    print(row, file=log)
+    print(footprint, row, file=log)
 
 
 def more_training(model_dir, examples_file, value_file, splits: dict, out_model, out_logprobs, work_dir, step: int,
                   train: dict, seed: int, windowing: dict, memory_shape: dict, budget: dict, batch_tokens: int,
                   log=None) -> None:
     """The more_training job: the scale point's LM trained further from its own weights and
-    optimizer state, on the same training blocks in the same order, for the memory's training
-    compute (or epochs); then its log-prob of every evaluated target (an LM-only pass)."""
+    optimizer state, on the same training blocks in the same order, for the memory's compute
+    (budget: control_budget 'compute', its training and its kNN targets' search as
+    budget['target_search'] plans it, memory.imitation_flops; or 'epochs', its epochs); then
+    its log-prob of every evaluated target (an LM-only pass)."""
     from pathlib import Path
 
     from . import io, memory, train as training
@@ -416,16 +425,17 @@ def more_training(model_dir, examples_file, value_file, splits: dict, out_model,
                                 "predates train.keep_optimizer: rerun it (snakemake -R train_corpus_lm)")
     lm = load_lm(str(model_dir))
     stream = load_stream(examples_file)
-    n_entries = len(np.load(value_file, mmap_mode="r"))
-    counts = memory.parameters(lm.config.hidden_size, lm.config.vocab_size, memory_shape["layers"],
-                               memory_shape["expansion"])
-    flops = memory.training_flops(counts, memory_shape["head"], n_entries, budget["epochs"])
+    n_entries, d = len(np.load(value_file, mmap_mode="r")), lm.config.hidden_size
+    counts = memory.parameters(d, lm.config.vocab_size, memory_shape["layers"], memory_shape["expansion"])
+    flops = memory.imitation_flops(counts, memory_shape["head"], n_entries, budget["epochs"], d,
+                                   budget["target_search"])
     tokens_per_step = train["batch_size"] * windowing["block_size"]
-    extra = memory.more_training_steps(budget["control_budget"], flops, sum(p.numel() for p in lm.parameters()),
-                                       tokens_per_step, budget["epochs"], len(stream))
+    params = sum(p.numel() for p in lm.parameters())
+    extra = memory.more_training_steps(budget["control_budget"], flops, params, tokens_per_step, budget["epochs"],
+                                       len(stream))
     s = training.TrainSettings(**{**train, "checkpoints": [step + extra]}, seed=seed)
     print(f"continuing from step {step} for {extra} steps ({budget['control_budget']}: the memory's "
-          f"{flops:.3g} FLOPs)", file=log, flush=True)
+          f"{flops:.3g} FLOPs of training and kNN-target search)", file=log, flush=True)
     optim = torch.load(state, weights_only=True, map_location=next(lm.parameters()).device)
     training.train(lm, blocks(stream, windowing["block_size"]), s, {step + extra: out_model}, work_dir, log,
                    start=training.Start(step, optim))
@@ -433,4 +443,6 @@ def more_training(model_dir, examples_file, value_file, splits: dict, out_model,
     for split, path in splits.items():
         examples = windows(load_stream(path), windowing["block_size"], windowing["stride"])
         logprobs[split] = lm_and_queries(lm, examples, None, batch_tokens, log)[0].lm_logprob.astype(np.float64)
-    io.save_npz(out_logprobs, **logprobs, extra_steps=np.asarray(extra))
+    # its own compute, 6 FLOPs a parameter a token: at least the budget, by less than a step
+    io.save_npz(out_logprobs, **logprobs, extra_steps=np.asarray(extra),
+                train_flops=np.asarray(6.0 * params * tokens_per_step * extra))

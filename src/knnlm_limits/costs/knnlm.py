@@ -1,10 +1,9 @@
 """Cost of the kNN-LM search (rules/knnlm.smk): the LM over the evaluation splits, then each
 position's k neighbours, one split after the other, SEARCH_BATCH queries at a time."""
 
-from ..index import EXACT_KINDS, choose, exact_block_rows
+from ..index import EXACT_KINDS, choose, exact_block_rows, ivf_shape
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
                    measured, seconds, unknown, window_factor)
-from .index import ivf_shape
 
 
 def search(config: dict, n_keys: int, d: int, queries: int, biggest: int, kind: str, threads: int,

@@ -61,8 +61,10 @@ def more_training(job: Job) -> Estimate:
     m, train = job.config["memory"], job.config["corpus_lm"]["train"]
     block = job.config["corpus"]["block_size"]
     counts = _memory_params(job, size, m["expansion"])
-    steps = memory.more_training_steps(m["control_budget"], memory.training_flops(counts, m["head"], n_keys, m["epochs"]),
-                                       size["params"], train["batch_size"] * block, m["epochs"], n_keys)
+    budget = memory.imitation_flops(counts, m["head"], n_keys, m["epochs"], size["d"],
+                                    memory.target_search_settings(job.config["knn"], m))
+    steps = memory.more_training_steps(m["control_budget"], budget, size["params"], train["batch_size"] * block,
+                                       m["epochs"], n_keys)
     est = training(job, size, {**train, "checkpoints": [steps]}, block, data_tokens=n_keys, steps=steps)
     est.minutes += forward_seconds(size, (valid + test) * window_factor(job.config), job.uses_gpu, job.threads) / 60
     # then an LM pass over the evaluation splits, its training state gone: its logits live
