@@ -76,8 +76,9 @@ def memory_table(inp, out, p, threads, log):
     io.write_csv(out.csv, t["frontier"])
     io.save_figure(figures.frontier(t["frontier"], f"({p.title})"), out.png, out.pdf)
     md = (f"# A parametric memory in place of the datastore: {p.title}\n\n"
-          f"{figures.markdown_table(t['table'])}\nQuery time (seconds per 1,000 test queries, measured in each "
-          f"memory's job on the same queries):\n\n{figures.markdown_table(t['costs'])}\n"
+          f"{figures.markdown_table(t['table'])}\nQuery time, seconds per 1,000 test queries: in each memory's job "
+          f"the search and the memory timed alike, on the device and with the threads of each row:\n\n"
+          f"{figures.markdown_table(t['costs'])}\n"
           f"Findings at this point:\n\n{findings.markdown(table)}")
     io.write_text(out.md, md)
     print(md, file=log)

@@ -557,3 +557,90 @@ def test_the_kl_targets_search_flops_are_what_faiss_scans(tmp_path):
     for every in (None, 10 * n):
         assert memory.planned_target_search_flops(n, d, {**planned, "n": every, "exact_max_keys": n}) == 2 * n * n * d
     assert memory.planned_target_search_flops(n, d, None) == 0
+
+
+# ---------------------------------------------------------------- query time, side by side
+
+
+def test_the_search_and_the_memory_are_timed_alike():
+    """Both get one untimed call and then `repeat` timed ones, the best kept; both run with the
+    requested threads (torch's and FAISS's, restored after); both read the same queries, placed
+    before the timers (one float32 array: the memory's tensor shares its memory); the row says
+    each timing's device and threads."""
+    import time
+
+    import faiss
+
+    model = memory_mlp.build(8, 30, 1, 2, head="random")
+    queries = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float16)
+    seen = {"search": [], "memory": []}
+    naps = iter([0.0, 0.05, 0.08])  # the warm-up fast: were it timed, the best would be it
+
+    def search(placed):
+        seen["search"].append((placed, torch.get_num_threads(), faiss.omp_get_max_threads()))
+        time.sleep(next(naps))
+
+    model.register_forward_hook(lambda m, args, out: seen["memory"].append((args[0], torch.get_num_threads())))
+    threads = 3 - min(torch.get_num_threads(), 2)  # not the process's own count
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    row = memory_mlp.time_queries(search, model, queries, "cpu", threads, repeat=2)
+    assert len(seen["search"]) == 3 and len(seen["memory"]) == 3
+    placed = seen["search"][0][0]
+    assert isinstance(placed, np.ndarray) and placed.dtype == np.float32 and np.array_equal(placed, queries)
+    assert all(p is placed and (a, b) == (threads, threads) for p, a, b in seen["search"])
+    assert all(x.data_ptr() == placed.ctypes.data and t == threads for x, t in seen["memory"])
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    assert row["search_seconds_per_1000"] >= 0.05 * 1000 / 50
+    assert {k: row[k] for k in ("search_device", "search_threads", "memory_device", "memory_threads")} == {
+        "search_device": "cpu", "search_threads": threads, "memory_device": "cpu", "memory_threads": threads}
+
+
+def test_a_pair_that_cannot_run_on_a_device_says_why():
+    model = memory_mlp.build(8, 30, 1, 2, head="random")
+    queries = np.zeros((10, 8), np.float32)
+    rows = memory_mlp.query_costs({"cpu": lambda q: None, "cuda": "FAISS here has no GPU support (faiss-cpu)"},
+                                  model, queries, 1)
+    assert [r["search_device"] for r in rows] == ["cpu", "cuda"] and all(r["queries"] == 10 for r in rows)
+    assert rows[0]["note"] == "" and rows[0]["memory_seconds_per_1000"] >= 0
+    assert np.isnan(rows[1]["search_seconds_per_1000"]) and np.isnan(rows[1]["memory_seconds_per_1000"])
+    assert rows[1]["note"] == "cuda pair skipped: FAISS here has no GPU support (faiss-cpu)"
+
+
+def test_the_search_on_a_gpu_is_the_searchers_own(monkeypatch):
+    """Where FAISS has no GPU (faiss-cpu), the GPU pair is skipped and says so. With FAISS's GPU
+    calls stood in for by their CPU twins, the search gpu_search builds (an exact datastore's
+    keys in a flat index; an IVF index moved with its nprobe) finds the searcher's own
+    neighbours from queries given as a tensor; exact re-ranking is refused (it reads the key
+    file on the host)."""
+    import faiss
+
+    from knnlm_limits import index as index_module
+
+    keys, _ = _datastore(n=400, d=8)
+    queries = np.random.default_rng(5).standard_normal((30, 8)).astype(np.float32)
+    exact = Searcher.in_memory(keys, EXACT)
+    if not hasattr(faiss, "StandardGpuResources"):
+        assert index_module.gpu_search(exact, 5) == (None, "FAISS here has no GPU support (faiss-cpu)")
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "GpuIndexFlatL2", lambda resources, d: faiss.IndexFlatL2(d), raising=False)
+
+    def to_gpu(resources, device, index):  # a copy that keeps no nprobe: gpu_search sets it
+        copy = faiss.clone_index(index)
+        faiss.extract_index_ivf(copy).nprobe = 1
+        return copy
+
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (2**30, 2**30))
+    ivf = Searcher.in_memory(keys, {**EXACT, "exact_max_keys": 10, "approximate_index": "IVF8,Flat", "nprobe": 3})
+    for searcher in (exact, ivf):
+        search, why = index_module.gpu_search(searcher, 5)
+        dists, ids = search(torch.from_numpy(queries))
+        want_dists, want_ids = searcher.search(queries, 5)
+        np.testing.assert_array_equal(ids.numpy(), want_ids)
+        np.testing.assert_allclose(dists.numpy(), want_dists, rtol=1e-4, atol=1e-4)
+    reranked = Searcher.in_memory(keys, {**EXACT, "exact_max_keys": 10, "approximate_index": "IVF8,Flat",
+                                         "rerank": True})
+    assert index_module.gpu_search(reranked, 5) == (None, "its exact re-ranking reads the key file on the host")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1000, 2**30))
+    assert "do not fit" in index_module.gpu_search(exact, 5)[1]

@@ -373,3 +373,56 @@ class Searcher:
             dists[rows], ids[rows] = batch_dists, batch_ids
             del batch_dists, batch_ids  # not alive while the next batch is searched
         return dists, ids
+
+
+# ---------------------------------------------------------------- the search on a GPU (timing only)
+
+
+def faiss_gpu_unavailable() -> str | None:
+    """Why FAISS cannot search on a GPU here; None where it can."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "FAISS here has no GPU support (faiss-cpu)"
+    if faiss.get_num_gpus() == 0:
+        return "FAISS sees no GPU"
+    return None
+
+
+def gpu_search(searcher: Searcher, k: int):
+    """(search, None): `searcher`'s search on GPU 0, for queries placed there as a torch tensor
+    (faiss.contrib.torch_utils); or (None, why) where FAISS cannot do it there. A FAISS index is
+    moved whole (its nprobe kept); exact search is a flat GPU index of the float32 keys, where
+    they fit in half the GPU's free memory. Exact re-ranking reads the key file on the host:
+    not a GPU search."""
+    why = faiss_gpu_unavailable()
+    if why is None and searcher.rerank_exact and searcher.kind not in EXACT_KINDS:
+        why = "its exact re-ranking reads the key file on the host"
+    if why is None and searcher.index is None:
+        import torch
+
+        keys = as_rows(searcher.key_file)
+        need, free = keys.shape[0] * keys.shape[1] * 4, torch.cuda.mem_get_info()[0]
+        if need > free // 2:
+            why = f"its {need / 2**30:.1f} GiB of float32 keys do not fit half the GPU's free {free / 2**30:.1f} GiB"
+    if why is not None:
+        return None, why
+    import faiss.contrib.torch_utils  # noqa: F401  (FAISS indexes take torch tensors, on the GPU too)
+
+    resources = faiss.StandardGpuResources()
+    if searcher.index is None:
+        keys = as_rows(searcher.key_file)
+        index = faiss.GpuIndexFlatL2(resources, keys.shape[1])
+        for start in range(0, len(keys), WIDEN_ROWS):
+            index.add(np.asarray(keys[start : start + WIDEN_ROWS], dtype=np.float32))
+    else:
+        index = faiss.index_cpu_to_gpu(resources, 0, searcher.index)
+        try:
+            index.nprobe = faiss.extract_index_ivf(searcher.index).nprobe
+        except RuntimeError:
+            pass  # not an IVF index: nothing to probe
+    width = min(k, index.ntotal)
+
+    def search(queries):
+        return index.search(queries, width)
+
+    search.resources = resources  # alive as long as the index on the GPU is
+    return search, None

@@ -48,7 +48,7 @@ def train_memory(job: Job) -> Estimate:
     kind = choose(n_keys, knn)
     held, temporaries, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"],
                                             kind, job.threads, knn["rerank"])
-    secs += 2 * search_secs  # the search timed beside the memory, best of two
+    secs += 3 * search_secs  # the search timed beside the memory: a warm-up, then the best of two
     gpu = (state / MB) if job.uses_gpu else 0.0
     return Estimate(mem + held + temporaries, 1 + secs / 60, gpu, 4 * params * 4 / MB, job.uses_gpu)
 
