@@ -161,7 +161,9 @@ rule memory_table:
     resources:
         **res("small", "memory_table"),
     params:
-        memories=lambda w: [memory_name(e, o) for e, o in memory_variants()],
+        memories=[
+            {"name": memory_name(e, o), "objective": o} for e, o in memory_variants()
+        ],
         main=main_memory(),
         control=memory_control(),
         codes=config["memory"]["frontier_pq"],

@@ -52,9 +52,9 @@ def memory_table(inp, out, p, threads, log):
     from knnlm_limits.index import read_manifest
 
     found = {s: inp[f"found_{s}"] for s in SPLITS}
-    memories = {name: {"logprobs": io.load_npz(lp), "footprint": pd.read_csv(f).iloc[0].to_dict(),
-                       "costs": pd.read_csv(c)}
-                for name, lp, f, c in zip(p.memories, inp.logprobs, inp.footprints, inp.costs)}
+    memories = {m["name"]: {"objective": m["objective"], "logprobs": io.load_npz(lp),
+                            "footprint": pd.read_csv(f).iloc[0].to_dict(), "costs": pd.read_csv(c)}
+                for m, lp, f, c in zip(p.memories, inp.logprobs, inp.footprints, inp.costs)}
     more = io.load_npz(inp.more) if "more" in inp.keys() else None
     # a PQ datastore is searched without re-ranking: its codes and values, no keys
     pq = {code: {"valid": v, "test": t, "bytes": memory.datastore_bytes(inp.key_file, inp.value_file, index, False)}

@@ -242,7 +242,7 @@ def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
     footprint = {"bytes_fp32": 1000, "bytes_fp16": 500, "train_steps": 3, "train_flops": 1e9, "target_search_flops": 5e8}
     timed = pd.DataFrame([{"queries": 10, "search_seconds_per_1000": 1.0, "memory_seconds_per_1000": 0.1}])
     lambdas = [0.1, 0.5, 0.9]
-    memories = {"x4-imitation": {"logprobs": mem, "footprint": footprint, "costs": timed}}
+    memories = {"x4-imitation": {"objective": "imitation", "logprobs": mem, "footprint": footprint, "costs": timed}}
     t = memory.tables(splits, (0.25, 1.0), (0.5, 2.0), memories, None, {},
                       10_000, "exact", lambdas, {"lambda": [0.25], "temperature": [1.0]},
                       {"bootstrap_resamples": 200, "seed": 0})
@@ -257,11 +257,11 @@ def test_the_table_interpolates_and_tunes_lambda_as_by_hand():
     rows = findings.memory(t["tokens"], t["table"], "x4-imitation", None, "lm", {}, 200, 0)
     ppl = lambda col: np.exp(-t["tokens"][col].mean())  # noqa: E731
     recovered = (ppl("lm") - ppl("lm_memory_x4-imitation")) / (ppl("lm") - ppl("knnlm_tuned"))
-    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and "tuned" in r["note"])
+    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and r["setting"] == "tuned")
     assert row["measured"] == pytest.approx(recovered, rel=1e-9) and row["ci_low"] <= row["measured"] <= row["ci_high"]
     # at the fixed setting, both sides fixed: the memory at knn.lambda, the kNN-LM at (knn.lambda, T)
     fixed = (ppl("lm") - ppl("lm_memory_x4-imitation_fixed")) / (ppl("lm") - ppl("knnlm_fixed"))
-    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and "tuned" not in r["note"])
+    row = next(r for r in rows if r["finding"] == "memory_recovers_knn_gain" and r["setting"] == "fixed")
     assert row["measured"] == pytest.approx(fixed, rel=1e-9)
     ratio = next(r for r in rows if r["finding"] == "memory_smaller_than_datastore")
     assert ratio["measured"] == 10.0 and ratio["holds"]
@@ -299,7 +299,7 @@ def test_memory_recovers_no_gain_where_the_knnlm_has_none():
                           {"component": f"LM + memory {main}", "kind": "memory", "bytes": 100, "train_flops": 1e9,
                            "target_search_flops": 5e8}])
     rows = findings.memory(tokens, table, main, None, "lm", {}, 200, 0)
-    recovered = {r["note"].split("; ")[1].split(":")[0]: r for r in rows if r["finding"] == "memory_recovers_knn_gain"}
+    recovered = {r["setting"]: r for r in rows if r["finding"] == "memory_recovers_knn_gain"}
     fixed = recovered["fixed"]
     assert not fixed["holds"] and np.isnan(fixed["measured"]) and fixed["ci_over"] == "unmeasured"
     assert "not measured: no gain to recover" in fixed["note"]
@@ -644,3 +644,43 @@ def test_the_search_on_a_gpu_is_the_searchers_own(monkeypatch):
     assert index_module.gpu_search(reranked, 5) == (None, "its exact re-ranking reads the key file on the host")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (1000, 2**30))
     assert "do not fit" in index_module.gpu_search(exact, 5)[1]
+
+
+# ---------------------------------------------------------------- the figures read the columns, not names
+
+
+def test_the_figures_read_the_setting_and_the_objective_columns():
+    """findings_by_scale draws the memory's gap from the memory_recovers_knn_gain row whose
+    setting is tuned, whatever its note says; the frontier draws hollow the memory whose
+    objective is 'values', whatever its name; an unmeasured gap is listed, not drawn."""
+    import matplotlib
+    import pandas as pd
+
+    from knnlm_limits import figures, findings
+
+    def recovered(setting, note, measured):
+        return {**{c: None for c in findings.COLUMNS}, "finding": "memory_recovers_knn_gain", "setting": setting,
+                "note": note, "measured": measured, "ci_low": measured - 0.1, "ci_high": measured + 0.1,
+                "model": "corpus_lm/a", "step": 20, "n_embd": 32, "key": "mlp_input"}
+
+    frame = pd.DataFrame([recovered("fixed", "the kNN-LM at its tuned grid's neighbour", 0.2),
+                          recovered("tuned", "", 0.7)])
+    assert figures.memory_gap_rows(frame).measured.tolist() == [0.7]
+    projection = [{**recovered("", "", 0.5), "finding": name} for name in
+                  ("softmax_bottleneck_ruled_out", "softmax_bottleneck_ruled_out_convex", "mlp_hurdle_in_projection")]
+    unmeasured = {**recovered("tuned", "", float("nan")), "ci_low": float("nan"), "ci_high": float("nan")}
+    fig = figures.findings_by_scale(pd.DataFrame([*projection, unmeasured]))
+    assert any("not measured" in t.get_text() for t in fig.axes[2].texts)
+    matplotlib.pyplot.close(fig)
+
+    points = pd.DataFrame([
+        {"component": "LM alone", "kind": "lm", "objective": "", "bytes": 0, "test_ppl": 10.0, "ci_low": 9.0,
+         "ci_high": 11.0},
+        {"component": "LM + memory a", "kind": "memory", "objective": "values", "bytes": 100, "test_ppl": 9.0,
+         "ci_low": 8.5, "ci_high": 9.5},
+        {"component": "LM + memory b-values", "kind": "memory", "objective": "imitation", "bytes": 300,
+         "test_ppl": 8.0, "ci_low": 7.5, "ci_high": 8.5}])
+    fig = figures.frontier(points)
+    faces = {line.get_xdata()[0]: line.get_markerfacecolor() for line in fig.axes[0].lines if line.get_marker() == "o"}
+    assert faces[100] in ("white", (1.0, 1.0, 1.0, 1.0)) and faces[300] not in ("white", (1.0, 1.0, 1.0, 1.0))
+    matplotlib.pyplot.close(fig)

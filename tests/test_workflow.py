@@ -214,7 +214,7 @@ def test_memory_numbers_recomputed_from_the_stage_csvs(tiny_runs):
                                np.log(lam * np.exp(tokens[f"memory_{main}"]) + (1 - lam) * np.exp(tokens.lm)), rtol=1e-9)
     assert table.set_index("component").loc["LM"].test_ppl_tuned == pytest.approx(ppl("lm"), rel=1e-9)
     found = pd.read_csv(point / "memory_findings.csv")
-    recovered = found[(found.finding == "memory_recovers_knn_gain") & found.note.str.contains("tuned")].iloc[0]
+    recovered = found[(found.finding == "memory_recovers_knn_gain") & (found.setting == "tuned")].iloc[0]
     by_hand = (ppl("lm") - ppl(f"lm_memory_{main}")) / (ppl("lm") - ppl("knnlm_tuned"))
     assert recovered.measured == pytest.approx(by_hand, rel=1e-9)
     more = found.set_index("finding").loc["memory_beats_more_training"]

@@ -251,15 +251,17 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
 
     found: the configured search's {valid, test} search results (files or SearchResults);
     fixed / tuned: the kNN-LM's (lambda, T) as configured and as Table 1's validation grid
-    chose; memories: {name: {logprobs: {valid, test}, footprint: its footprint row (bytes,
-    training steps, train_flops, target_search_flops), costs: its query_costs rows}}; more: the
+    chose; memories: {name: {objective: one of OBJECTIVES, logprobs: {valid, test}, footprint: its
+    footprint row (bytes, training steps, train_flops, target_search_flops), costs: its
+    query_costs rows}}; more: the
     more-trained LM's {valid, test, extra_steps, train_flops} or None; pq: {code: {valid, test,
     bytes}}.
     One split's neighbours are held at a time: the job's memory is a split's, not all of them.
 
     Returns DataFrames: `tokens` (per test token, every log-prob the table reads), `grid`
     (validation perplexity of each lambda_m, and of (lambda, T) for each PQ kNN-LM), `table`,
-    `frontier` (bytes against test perplexity with its bootstrap interval) and `costs`.
+    `frontier` (bytes against test perplexity with its bootstrap interval; a memory's objective)
+    and `costs`.
     """
     import pandas as pd
 
@@ -277,10 +279,10 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
                      "test_ppl_tuned": perplexity(tokens[tuned_col]) if tuned_col else np.nan,
                      "lambda": lam, "temperature": temperature, **extra})
 
-    def point(component, kind, bytes_, column):
+    def point(component, kind, bytes_, column, objective=""):
         ppl, low, high = bootstrap_perplexity(tokens[column], bootstrap["bootstrap_resamples"], bootstrap["seed"])
-        points.append({"component": component, "kind": kind, "bytes": bytes_, "test_ppl": ppl, "ci_low": low,
-                       "ci_high": high, "column": column})
+        points.append({"component": component, "kind": kind, "objective": objective, "bytes": bytes_, "test_ppl": ppl,
+                       "ci_low": low, "ci_high": high, "column": column})
 
     row("LM", "lm", 0, "lm", "lm")
     point("LM alone", "lm", 0, "lm")
@@ -314,10 +316,12 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
         size = int(foot["bytes_fp32"])
         # each component's compute: its training, and the kNN targets' search it was trained on
         compute = {"train_flops": float(foot["train_flops"]), "target_search_flops": float(foot["target_search_flops"])}
-        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}", **compute)
+        objective = entry["objective"]
+        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}", objective=objective,
+            **compute)
         row(f"LM + memory {name}", "memory", size, f"lm_memory_{name}_fixed", f"lm_memory_{name}", lam,
-            bytes_fp16=int(foot["bytes_fp16"]), train_steps=int(foot["train_steps"]), **compute)
-        point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}")
+            objective=objective, bytes_fp16=int(foot["bytes_fp16"]), train_steps=int(foot["train_steps"]), **compute)
+        point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}", objective)
     timed = [entry["costs"].assign(memory=name) for name, entry in memories.items()]
     costs = pd.concat(timed, ignore_index=True) if timed else pd.DataFrame(columns=["memory"])
     costs = costs[["memory", *costs.columns.drop("memory")]]
