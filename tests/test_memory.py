@@ -502,7 +502,7 @@ def test_the_more_training_control_is_an_uninterrupted_run_for_the_memorys_whole
 
     train.train(fresh_lm(), examples, train.TrainSettings(**settings, seed=seed, keep_optimizer=True),
                 {3: tmp_path / "step-3"}, tmp_path / "step-3.work")
-    target_search = {"n": None, "k": 8, "nprobe": 1, "rerank": False, "exact_max_keys": 10**6, "exact_index": "exact",
+    target_search = {"n": None, "k": 8, "nprobe": 1, "rerank": False, "exact_max_keys": 10**6,
                      "approximate_index": "IVF4,PQ4"}
     windowing = {"block_size": block, "stride": 4}
     memory_mlp.more_training(tmp_path / "step-3", tmp_path / "train.npz", tmp_path / "values.npy", splits,
@@ -550,8 +550,7 @@ def test_the_kl_targets_search_flops_are_what_faiss_scans(tmp_path):
     assert flops == pytest.approx(counted, rel=0.05)
     assert memory.target_search_flops(n_targets, n, d, factory, k, 4, True) - flops == n_targets * (k + 1) * 2 * d
     assert memory.target_search_flops(n_targets, n, d, "exact", k, 4, False) == 2 * n_targets * n * d
-    planned = {"n": n_targets, "k": k, "nprobe": 4, "rerank": False, "exact_max_keys": n - 1, "exact_index": "exact",
-               "approximate_index": factory}
+    planned = {"n": n_targets, "k": k, "nprobe": 4, "rerank": False, "exact_max_keys": n - 1, "approximate_index": factory}
     assert memory.planned_target_search_flops(n, d, planned) == flops
     assert memory.planned_target_search_flops(n, d, {**planned, "exact_max_keys": n}) == 2 * n_targets * n * d
     for every in (None, 10 * n):

@@ -84,13 +84,15 @@ def target_search_flops(n_targets: int, n_keys: int, d: int, kind: str, k: int, 
     return float(n_targets * per_query)
 
 
-TARGET_SEARCH_KNN = ("k", "nprobe", "rerank", "exact_max_keys", "exact_index", "approximate_index")
+# every exact kind (knn.exact_index) costs the same: not among them
+TARGET_SEARCH_KNN = ("k", "nprobe", "rerank", "exact_max_keys", "approximate_index")
 
 
 def target_search_settings(knn: dict, memory: dict) -> dict | None:
     """What the kNN targets' search FLOPs follow from, before any job ran: memory_targets'
-    sample and search settings and the index stage's choice (the config's `knn` and `memory`
-    sections); None where the memory has no kNN targets (memory.alpha 0)."""
+    sample and search settings and the index stage's choice between exact search and the
+    approximate index (the config's `knn` and `memory` sections); None where the memory has
+    no kNN targets (memory.alpha 0)."""
     if memory["alpha"] == 0:
         return None
     return {"n": memory["kl_positions"], **{key: knn[key] for key in TARGET_SEARCH_KNN}}
@@ -98,13 +100,15 @@ def target_search_settings(knn: dict, memory: dict) -> dict | None:
 
 def planned_target_search_flops(n_entries: int, d: int, settings: dict | None) -> float:
     """target_search_flops of a datastore of n_entries keys of width d, as target_search_settings
-    plan it: the sample's size and the index kind chosen as the index stage chooses (0 for None)."""
-    from .index import choose
+    plan it: the sample's size and the index kind chosen as the index stage chooses (any exact
+    kind costs the same) (0 for None)."""
+    from .index import EXACT, choose
 
     if settings is None:
         return 0.0
-    return target_search_flops(kl_target_count(n_entries, settings["n"]), n_entries, d, choose(n_entries, settings),
-                               settings["k"], settings["nprobe"], settings["rerank"])
+    kind = choose(n_entries, {**settings, "exact_index": EXACT})
+    return target_search_flops(kl_target_count(n_entries, settings["n"]), n_entries, d, kind, settings["k"],
+                               settings["nprobe"], settings["rerank"])
 
 
 def imitation_flops(counts: dict, head: str, n_entries: int, epochs: float, d: int, target_search: dict | None) -> float:
