@@ -17,10 +17,11 @@ import re
 from pathlib import Path
 
 from knnlm_limits import costs
-from knnlm_limits.config import datastore_sizes, pretrained_models, previous_checkpoint
+from knnlm_limits import config as knnlm_config
+from knnlm_limits.config import datastore_sizes, previous_checkpoint
 from knnlm_limits.index import EXACT, planned_kind
 from knnlm_limits.families import KEY_KINDS
-from knnlm_limits.memory import OBJECTIVES, memory_name
+from knnlm_limits.memory import OBJECTIVES, memory_name, target_search_settings
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -233,12 +234,10 @@ def slug(name):
 
 
 def imported_models():
-    """{folder name: (hub id or path, config key naming it)} of every model imported with
-    from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat model."""
-    named = pretrained_models(config)
-    if config["chat"]["model"] != "corpus_lm":
-        named.setdefault(config["chat"]["model"], "chat.model")
-    return {slug(name): (name, key) for name, key in named.items()}
+    """{folder name: the config setting naming it (config.ModelSetting)} of every model
+    imported with from_pretrained: the corpus LMs, Figure 2's base model and Figure 3's chat
+    model."""
+    return {slug(name): s for name, s in knnlm_config.imported_models(config).items()}
 
 
 def imported(name):
@@ -515,11 +514,21 @@ def memory_train_settings():
 
 
 def memory_budget():
-    """What the more-training control's budget is computed from: the memory's shape and epochs."""
+    """What the more-training control's budget is computed from: the memory's shape and epochs,
+    and (a compute budget) what its kNN targets' search costs follows from."""
     m = config["memory"]
+    compute = m["control_budget"] == "compute"
     return {
         "memory_shape": memory_shape(m["expansion"]),
-        "budget": {"control_budget": m["control_budget"], "epochs": m["epochs"]},
+        "budget": {
+            "control_budget": m["control_budget"],
+            "epochs": m["epochs"],
+            "target_search": (
+                target_search_settings(config["knn"], m, index_kind())
+                if compute
+                else None
+            ),
+        },
     }
 
 
@@ -594,6 +603,7 @@ def memory_table_inputs(w):
         "model": model_dir(w.model, w.step),  # its config.json: the scale point's shape
         **datastore_and_indexes(*point),
         "logprobs": [memory_file(*point, e, o, "logprobs.npz") for e, o in variants],
+        "footprints": [memory_file(*point, e, o, "footprint.csv") for e, o in variants],
         "costs": [memory_file(*point, e, o, "query_costs.csv") for e, o in variants],
         "pq_valid": [frontier_file(*point, c, "valid") for c in codes],
         "pq_test": [frontier_file(*point, c, "test") for c in codes],
@@ -615,7 +625,7 @@ def _job_estimate(rule_name, kind, uses_gpu, wildcards, facts=None):
     what the cost model needs that the wildcards do not say."""
     w = dict(wildcards.items()) | (facts(wildcards) if facts else {})
     if "name" in w and w["name"] in imported_models():
-        w["source"] = imported_models()[w["name"]][0]
+        w["source"] = imported_models()[w["name"]].name
     return costs.estimate(
         rule_name,
         config,

@@ -94,6 +94,7 @@ rule train_memory:
     output:
         model=directory(memory_file(*MEMORY, "model")),
         logprobs=memory_file(*MEMORY, "logprobs.npz"),
+        footprint=memory_file(*MEMORY, "footprint.csv"),
         costs=memory_file(*MEMORY, "query_costs.csv"),
     log:
         f"{LOGS}/memory/{POINT}/{MEMORY_NAME}.log",
@@ -263,7 +264,9 @@ rule memory_table:
     resources:
         **res("small", "memory_table"),
     params:
-        memories=lambda w: [memory_name(e, o) for e, o in memory_variants()],
+        memories=[
+            {"name": memory_name(e, o), "objective": o} for e, o in memory_variants()
+        ],
         main=main_memory(),
         control=memory_control(),
         codes=config["memory"]["frontier_pq"],

@@ -22,10 +22,10 @@ rule import_pretrained:
         # an embedding job's memory (the whole model in float32), no GPU
         **res("embed", "import_pretrained", gpu=False),
     params:
-        source=lambda w: imported_models()[w.name][0],
-        config_key=lambda w: imported_models()[w.name][1],
+        source=lambda w: imported_models()[w.name].name,
+        config_key=lambda w: imported_models()[w.name].key,
         # Figure 3's chat model reads its own token files; every other model reads the workflow's
-        reads_workflow_tokens=lambda w: imported_models()[w.name][1] != "chat.model",
+        reads_workflow_tokens=lambda w: imported_models()[w.name].reads_workflow_tokens,
     script:
         "../scripts/import_pretrained.py"
 

@@ -52,8 +52,8 @@ def train_memory(inp, out, p, threads, log):
 
     memory_mlp.train_and_evaluate(
         inp.key_files, inp.value_files, inp.manifests, inp.get("kl"), inp.lm, {s: inp[f"queries_{s}"] for s in SPLITS},
-        {s: inp[f"found_{s}"] for s in SPLITS}, inp.get("indexes"), out.model, out.logprobs, out.costs, p.work_dir,
-        p.shape, p.alpha, p.train, p.search, p.timing_queries, threads, log)
+        {s: inp[f"found_{s}"] for s in SPLITS}, inp.get("indexes"), out.model, out.logprobs, out.footprint, out.costs,
+        p.work_dir, p.shape, p.alpha, p.train, p.search, p.timing_queries, threads, log)
 
 
 def more_training(inp, out, p, threads, log):
@@ -71,32 +71,18 @@ def frontier_trained(inp, out, p, threads, log):
 
 
 def frontier_shard(inp, out, p, threads, log):
-    """A shard's product-quantised codes (no keys kept: searched without re-ranking) and its
-    answer to the evaluated queries through them."""
-    from pathlib import Path
+    from knnlm_limits import memory
 
-    from knnlm_limits import index, shards
-
-    manifest = index.write_shard(out.index, inp.trained, inp.key_file, log=log)
-    searcher = index.Searcher.open(out.index, inp.key_file, {"nprobe": p.nprobe, "rerank": False, "threads": threads})
-    offset = shards.read_manifest(inp.manifest)["offset"]
-    values = np.load(inp.value_file, mmap_mode="r")
-    Path(out.answer).mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        queries = np.load(inp[f"queries_{split}"], mmap_mode="r")
-        shards.answer_shard(searcher, values, queries, p.k, offset, out.answer, split, log=log)
-    print(f"{manifest['keys']} keys as {manifest['kind']} codes; queries answered", file=log)
+    written = memory.frontier_shard(inp.trained, inp.key_file, inp.value_file, inp.manifest,
+                                    {s: inp[f"queries_{s}"] for s in SPLITS}, out.index, out.answer, p.k, p.nprobe,
+                                    threads, log)
+    print(f"{written['keys']} keys as {written['kind']} codes; queries answered", file=log)
 
 
 def frontier_pq(inp, out, p, threads, log):
-    """The frontier's kNN-LM through a PQ datastore: the shards' answers merged (the LM's
-    log-probs are the LM pass's)."""
-    from knnlm_limits import knnlm, shards
+    from knnlm_limits import memory
 
-    for split in SPLITS:
-        answers = [shards.read_answer(d, split) for d in inp.answers]
-        found = shards.merge_search(knnlm.SearchResults.load(inp[f"lm_{split}"]), answers, p.k, out[split], log=log)
-        print(f"{split}: {len(found)} queries, {len(answers)} shards merged", file=log)
+    memory.frontier_merge({s: inp[f"lm_{s}"] for s in SPLITS}, inp.answers, p.k, {s: out[s] for s in SPLITS}, log)
 
 
 def memory_table(inp, out, p, threads, log):
@@ -105,8 +91,9 @@ def memory_table(inp, out, p, threads, log):
     from knnlm_limits import figures, findings, io, knnlm, memory
 
     found = {s: inp[f"found_{s}"] for s in SPLITS}
-    memories = {name: {"logprobs": io.load_npz(lp), "costs": pd.read_csv(c).iloc[0].to_dict()}
-                for name, lp, c in zip(p.memories, inp.logprobs, inp.costs)}
+    memories = {m["name"]: {"objective": m["objective"], "logprobs": io.load_npz(lp),
+                            "footprint": pd.read_csv(f).iloc[0].to_dict(), "costs": pd.read_csv(c)}
+                for m, lp, f, c in zip(p.memories, inp.logprobs, inp.footprints, inp.costs)}
     more = io.load_npz(inp.more) if "more" in inp.keys() else None
     # a PQ datastore is searched without re-ranking: its shards' codes and values, no keys
     shards = len(inp.value_files)
@@ -132,8 +119,9 @@ def memory_table(inp, out, p, threads, log):
     io.write_csv(out.csv, t["frontier"])
     io.save_figure(figures.frontier(t["frontier"], f"({p.title})"), out.png, out.pdf)
     md = (f"# A parametric memory in place of the datastore: {p.title}\n\n"
-          f"{figures.markdown_table(t['table'])}\nQuery time (seconds per 1,000 test queries, measured in each "
-          f"memory's job on the same queries):\n\n{figures.markdown_table(t['costs'])}\n"
+          f"{figures.markdown_table(t['table'])}\nQuery time, seconds per 1,000 test queries: in each memory's job "
+          f"the search and the memory timed alike, on the device and with the threads of each row:\n\n"
+          f"{figures.markdown_table(t['costs'])}\n"
           f"Findings at this point:\n\n{findings.markdown(table)}")
     io.write_text(out.md, md)
     print(md, file=log)

@@ -29,7 +29,7 @@ with logged(snakemake) as log:
         "test_ppl_knnlm_tuned": knnlm.perplexity(knnlm.knnlm_logprob(found, tuned_lam, tuned_temperature)),
     }
     io.write_csv(snakemake.output.csv, pd.DataFrame([row]))
-    rows = findings.table1(proj, found.lm_logprob, test_knnlm, summary, scale,
+    rows = findings.table1(proj, found.lm_logprob, test_knnlm, summary, scale, p.setting,
                            p.bootstrap["bootstrap_resamples"], p.bootstrap["seed"])
     table = findings.to_frame(rows)
     io.write_csv(snakemake.output.findings, table)

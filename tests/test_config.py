@@ -219,3 +219,19 @@ def test_hub_ids_stay_hub_ids_and_existing_paths_are_local(tmp_path, monkeypatch
     (tmp_path / "chat-model").mkdir()
     config = validate({"chat": {"model": "~/chat-model"}}, base_dir=ROOT)
     assert config["chat"]["model"] == str(tmp_path / "chat-model")
+
+
+def test_each_imported_model_is_named_by_its_first_setting():
+    """One model named by several settings is imported once, under its first setting (corpus LM,
+    then Figure 2's base model, then the chat model); only the chat model reads its own tokens,
+    and the tokenizer setting imports no model."""
+    from knnlm_limits.config import imported_models
+
+    config = validate({"tokenizer": {"pretrained": "gpt2"}, "corpus_lm": {"pretrained": ["gpt2", "m2"]},
+                       "overspecification": {"base_model": "m2"}, "chat": {"model": "chat-org/chat"}},
+                      base_dir=ROOT)
+    named = {name: (s.key, s.reads_workflow_tokens) for name, s in imported_models(config).items()}
+    assert named == {"gpt2": ("corpus_lm.pretrained[0]", True), "m2": ("corpus_lm.pretrained[1]", True),
+                     "chat-org/chat": ("chat.model", False)}
+    config["chat"]["model"] = "m2"  # the chat model is a corpus LM: it reads the workflow's tokens
+    assert imported_models(config)["m2"].reads_workflow_tokens

@@ -23,11 +23,14 @@ def test_model_size_counts_the_parameters_a_model_has():
 
 @pytest.mark.parametrize("factory, dim", [("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32)])
 def test_ivf_shape_matches_faiss(factory, dim):
-    from knnlm_limits.costs.index import ivf_shape
+    from knnlm_limits.index import code_scan_flops, ivf_shape
 
     index = faiss.index_factory(dim, factory)
     ivf = faiss.extract_index_ivf(index)
     assert ivf_shape(factory, dim) == (ivf.nlist, ivf.code_size)
+    # a PQ code is scanned with one addition per sub-quantiser; any other code by its distance
+    pq = faiss.downcast_index(ivf)
+    assert code_scan_flops(factory, dim) == (pq.pq.M if isinstance(pq, faiss.IndexIVFPQ) else 2 * dim)
 
 
 def test_estimates_grow_with_the_data_and_not_otherwise():

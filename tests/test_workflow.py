@@ -214,11 +214,17 @@ def test_memory_numbers_recomputed_from_the_stage_csvs(tiny_runs):
                                np.log(lam * np.exp(tokens[f"memory_{main}"]) + (1 - lam) * np.exp(tokens.lm)), rtol=1e-9)
     assert table.set_index("component").loc["LM"].test_ppl_tuned == pytest.approx(ppl("lm"), rel=1e-9)
     found = pd.read_csv(point / "memory_findings.csv")
-    recovered = found[(found.finding == "memory_recovers_knn_gain") & found.note.str.contains("tuned")].iloc[0]
+    recovered = found[(found.finding == "memory_recovers_knn_gain") & (found.setting == "tuned")].iloc[0]
     by_hand = (ppl("lm") - ppl(f"lm_memory_{main}")) / (ppl("lm") - ppl("knnlm_tuned"))
     assert recovered.measured == pytest.approx(by_hand, rel=1e-9)
     more = found.set_index("finding").loc["memory_beats_more_training"]
     assert more.measured == pytest.approx(ppl("lm_more") - ppl(f"lm_memory_{main}"), rel=1e-9)
+    # the control, planned from the config, spends the imitating memory's training and kNN-target
+    # search as its job counted them, to within its last step
+    control = table.set_index("kind").loc["more_training"]
+    spent = row.train_flops + row.target_search_flops
+    assert row.target_search_flops > 0 and spent <= control.train_flops < spent + control.train_flops / control.extra_steps
+    assert table.set_index("component").loc["LM + memory x4-values"].target_search_flops == 0
     shown = frontier.set_index("component")
     assert shown.loc[f"LM + memory {main}"].test_ppl == pytest.approx(ppl(f"lm_memory_{main}"), rel=1e-9)
     assert shown.loc[f"LM + memory {main}"].bytes == row.bytes

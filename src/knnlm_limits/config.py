@@ -16,6 +16,7 @@ every `make plan`, every job a cluster starts) in a second or two.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -233,22 +234,47 @@ def is_path_by_form(name: str) -> bool:
             or name.rstrip("/").count("/") > 1)
 
 
-# (section, key) of every setting that names a model or tokenizer ("a hub id or a local
-# folder"); corpus_lm.pretrained is a list of them
-MODEL_SETTINGS = (("tokenizer", "pretrained"), ("corpus_lm", "pretrained"), ("overspecification", "base_model"),
-                  ("chat", "model"))
+# (section, key, what it names) of every setting that names a model or tokenizer ("a hub id
+# or a local folder"); corpus_lm.pretrained is a list of them. What it names: the tokenizer;
+# an LM that reads the workflow's token files (its architecture must be one the decomposition
+# supports, its vocabulary the workflow's tokenizer's); or Figure 3's chat model, any causal
+# LM with its own tokenizer.
+TOKENIZER, WORKFLOW_TOKENS, OWN_TOKENS = "tokenizer", "workflow_tokens", "own_tokens"
+MODEL_SETTINGS = (("tokenizer", "pretrained", TOKENIZER), ("corpus_lm", "pretrained", WORKFLOW_TOKENS),
+                  ("overspecification", "base_model", WORKFLOW_TOKENS), ("chat", "model", OWN_TOKENS))
 
 
-def model_settings(config: dict) -> dict[str, str]:
-    """{config key: hub id or local folder} of every setting that names a model or tokenizer."""
-    named = {}
-    for section, key in MODEL_SETTINGS:
+@dataclass(frozen=True)
+class ModelSetting:
+    key: str  # the config key, e.g. 'corpus_lm.pretrained[0]'
+    name: str  # the hub id or local folder it names
+    names: str  # what it names: TOKENIZER, WORKFLOW_TOKENS or OWN_TOKENS
+
+    @property
+    def reads_workflow_tokens(self) -> bool:
+        return self.names == WORKFLOW_TOKENS
+
+
+def model_settings(config: dict) -> list[ModelSetting]:
+    """Every setting that names a model or tokenizer, in MODEL_SETTINGS' order ('corpus_lm'
+    and an unset tokenizer name none)."""
+    named = []
+    for section, key, names in MODEL_SETTINGS:
         value = config[section][key]
-        if isinstance(value, list):
-            named |= {f"{section}.{key}[{i}]": name for i, name in enumerate(value)}
-        else:
-            named[f"{section}.{key}"] = value
-    return {key: name for key, name in named.items() if name and name != "corpus_lm"}
+        keyed = ([(f"{section}.{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list)
+                 else [(f"{section}.{key}", value)])
+        named += [ModelSetting(k, v, names) for k, v in keyed if v and v != "corpus_lm"]
+    return named
+
+
+def imported_models(config: dict) -> dict[str, ModelSetting]:
+    """{hub id or local folder: the first setting naming it} of every model imported with
+    from_pretrained (every model setting but the tokenizer's)."""
+    named = {}
+    for setting in model_settings(config):
+        if setting.names != TOKENIZER:
+            named.setdefault(setting.name, setting)
+    return named
 
 
 def expand_home(config: dict) -> None:
@@ -256,7 +282,7 @@ def expand_home(config: dict) -> None:
     def expand(name):
         return str(Path(name).expanduser()) if isinstance(name, str) and name.startswith("~") else name
 
-    for section, key in MODEL_SETTINGS:
+    for section, key, _ in MODEL_SETTINGS:
         value = config[section][key]
         config[section][key] = [expand(n) for n in value] if isinstance(value, list) else expand(value)
 
@@ -264,19 +290,10 @@ def expand_home(config: dict) -> None:
 def check_model_paths(config: dict, base_dir: Path) -> None:
     """A model setting written as a path must name a folder: planned as a hub id, it would
     fail late offline (at the model's own job) and ask the hub for a repository online."""
-    for key, name in model_settings(config).items():
-        if is_path_by_form(name) and not _as_path(name, base_dir).is_dir():
-            raise ConfigError(f"invalid config key {key!r}: {name!r} is a path (not a hub id), and no folder "
-                              f"{str(_as_path(name, base_dir))!r} exists")
-
-
-def pretrained_models(config: dict) -> dict[str, str]:
-    """{hub id or path: config key} of the models the workflow's own token files feed."""
-    named = {name: f"corpus_lm.pretrained[{i}]" for i, name in enumerate(config["corpus_lm"]["pretrained"])}
-    base = config["overspecification"]["base_model"]
-    if base != "corpus_lm":
-        named.setdefault(base, "overspecification.base_model")
-    return named
+    for setting in model_settings(config):
+        if is_path_by_form(setting.name) and not _as_path(setting.name, base_dir).is_dir():
+            raise ConfigError(f"invalid config key {setting.key!r}: {setting.name!r} is a path (not a hub id), and no "
+                              f"folder {str(_as_path(setting.name, base_dir))!r} exists")
 
 
 def check_local_models(config: dict, base_dir: Path) -> None:
@@ -288,10 +305,12 @@ def check_local_models(config: dict, base_dir: Path) -> None:
     dims = {shape["n_embd"] for shape in config["corpus_lm"]["shapes"]}  # corpus LMs' keys
     tokenizer_dir = config["tokenizer"]["pretrained"]
     tokenizer_dir = _local(tokenizer_dir, base_dir) if tokenizer_dir else base_dir / config["results"] / "data" / "tokenizer"
-    for name, key in pretrained_models(config).items():
-        folder = _local(name, base_dir)
-        if folder is None:
-            continue  # a hub id: the import job checks it, before any job uses the model
+    for name, setting in imported_models(config).items():
+        key, folder = setting.key, _local(name, base_dir)
+        # Figure 3's chat model is any causal LM with its own tokenizer; a hub id's import job
+        # checks it, before any job uses the model
+        if not setting.reads_workflow_tokens or folder is None:
+            continue
         model_type = local_model_type(folder)
         try:
             family_of(model_type or "unknown", f"config key {key!r} ({name})")

@@ -134,6 +134,12 @@ def projection_traces(traces: pd.DataFrame, summary: pd.DataFrame | None = None)
     return fig
 
 
+def memory_gap_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The findings findings_by_scale draws the memory's gap from: memory_recovers_knn_gain with
+    both sides at their validation-tuned setting."""
+    return frame[(frame.finding == "memory_recovers_knn_gain") & (frame.setting == "tuned")]
+
+
 def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     """The two projection gaps, and where the memory stage ran the memory's, against model
     width, one line per training length, with CIs.
@@ -142,11 +148,12 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
     interval explodes. The memory's gap is (ppl_LM+memory - ppl_kNN-LM) / (ppl_LM - ppl_kNN-LM)
     = 1 - memory_recovers_knn_gain (the kNN-LM at its tuned setting): on the same scale, 0 = the
     memory reaches the kNN-LM. A point whose interval leaves the axis is drawn hollow (an arrow
-    at the edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap.
+    at the edge if the estimate leaves it too) and listed under the panel, where labels cannot overlap;
+    so is a point not measured (no marker).
     """
     claims = {"softmax_bottleneck_ruled_out": "gap w.r.t. f (paper: -0.07)",
               "mlp_hurdle_in_projection": "gap w.r.t. f∘g (paper: 0.99)"}
-    kept = frame[(frame.finding == "memory_recovers_knn_gain") & frame.note.fillna("").str.contains("tuned")]
+    kept = memory_gap_rows(frame)
     if len(kept):
         claims["memory_gap"] = "gap of LM + memory (paper: 1 - 0.45 = 0.55)"
         kept = kept.assign(finding="memory_gap", measured=1 - kept.measured, ci_low=1 - kept.ci_high,
@@ -177,6 +184,9 @@ def findings_by_scale(frame: pd.DataFrame, ylim=(-1.0, 2.0)):
                 ax.errorbar(xo, ok.measured, yerr=[ok.measured - ok.ci_low, ok.ci_high - ok.measured],
                             marker="o", ls=style, capsize=3, label=label, color=color)
                 for xi, r in zip(x[~inside], line[~inside].itertuples()):  # undecided: hollow, listed below
+                    if pd.isna(r.measured):  # not measured (the memory's: no kNN-LM gain to recover)
+                        beyond.append((color, f"width {r.n_embd:g}, {label}: not measured"))
+                        continue
                     marker, y = "o", r.measured
                     if not ylim[0] <= r.measured <= ylim[1]:
                         marker, y = ("^", ylim[1]) if r.measured > ylim[1] else ("v", ylim[0])
@@ -233,7 +243,8 @@ def frontier(points: pd.DataFrame, title: str = ""):
     """The storage-perplexity frontier: bytes of the retrieval component (log axis) against test
     perplexity with its 95% bootstrap interval. The LM alone (0 bytes) is the dashed line and
     its band; every component is annotated with its name and size (labels of components of
-    the same size stacked); a memory trained on values alone (alpha 0) is hollow."""
+    the same size stacked); a memory trained on values alone (objective 'values', alpha 0) is
+    hollow."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
@@ -247,7 +258,7 @@ def frontier(points: pd.DataFrame, title: str = ""):
         marker, color, label = styles[r.kind]
         first = (shown.kind[:i] != r.kind).all()
         ax.errorbar([r.bytes], [r.test_ppl], yerr=[[r.test_ppl - r.ci_low], [r.ci_high - r.test_ppl]], fmt=marker,
-                    color=color, mfc="white" if r.component.endswith("-values") else color, capsize=3, ls="none",
+                    color=color, mfc="white" if r.objective == "values" else color, capsize=3, ls="none",
                     label=label if first else None)
         name = r.component.split(", ")[-1].replace("LM + memory ", "memory ")
         # neighbours in bytes alternate above and below; points of the same size stack

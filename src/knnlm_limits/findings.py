@@ -20,12 +20,15 @@ is read per n), with the columns of ``COLUMNS``. The rules:
   unless said otherwise:
   memory_recovers_knn_gain       (ppl_lm - ppl_lm+memory) / (ppl_lm - ppl_knnlm), both at their fixed interpolation
                                  (knn.lambda, T) and both at their validation-tuned one; holds if the CI is above 0.
-                                 Paper: 0.45
-  memory_beats_more_training     ppl of the LM trained further for the memory's compute minus ppl_lm+memory; holds
-                                 if the CI is above 0 (the memory gives more than training longer would)
+                                 Measured only where the kNN-LM's gain ppl_lm - ppl_knnlm at that setting has its CI
+                                 above 0 (else unmeasured: no gain to recover). Paper: 0.45
+  memory_beats_more_training     ppl of the LM trained further for the memory's compute (its training and its kNN
+                                 targets' search) minus ppl_lm+memory; holds if the CI is above 0 (the memory gives
+                                 more than training longer would)
   memory_alone_beats_lm          ppl_lm - ppl_memory: the memory alone better than the LM is partly a better-trained
                                  LM, not retrieval; holds if the CI is above 0 (a control, read with the others)
-  memory_imitation_helps         ppl_lm+memory at alpha 0 minus at memory.alpha (same budget); holds if the CI is above 0
+  memory_imitation_helps         ppl_lm+memory at alpha 0 minus at memory.alpha (the same training; the criterion states
+                                 the imitating memory's extra compute, its kNN targets' search); holds if the CI is above 0
   memory_smaller_than_datastore  datastore bytes (keys, values, index) / the memory's bytes (float32, its head
                                  counted unless it is the LM's own); exact, holds if above 1. Paper: over 25
 - Figure 1 claims, over seeds (t interval):
@@ -40,7 +43,8 @@ is read per n), with the columns of ``COLUMNS``. The rules:
 - Figure 3, over prompts (bootstrap):
   scaling_does_not_fix_overspecification  n x p(child), the fraction of the perfect likelihood 1/n reached;
                                           holds if the CI is below 0.5
-A claim whose interval cannot be computed (one seed) does not hold: it is unmeasured.
+A claim whose interval cannot be computed (one seed), or that is not defined at a scale point (no kNN-LM gain to
+recover), does not hold: it is unmeasured, its note says why.
 """
 
 from __future__ import annotations
@@ -53,20 +57,24 @@ import pandas as pd
 from .stats import bootstrap_ci, t_interval
 
 SCALE_COLUMNS = ["model", "architecture", "n_layer", "n_embd", "vocab_size", "step", "train_tokens", "key"]
+# setting: the interpolation a corpus claim reads, "fixed" (knn.lambda, T; a memory at knn.lambda)
+# or "tuned" (validation-tuned, a memory's lambda_m too); empty where it reads none (the memory
+# alone, bytes) and for Figures 1-3's claims
 COLUMNS = ["finding", "paper", "measured", "ci_low", "ci_high", "criterion", "holds", "ci_over", "n_children",
-           "note", *SCALE_COLUMNS]
+           "setting", "note", *SCALE_COLUMNS]
+FIXED, TUNED = "fixed", "tuned"
 
 
 # the Macondo claims read off a kNN-LM or its memory (whose key is knn.keys[0])
 MACONDO_KNN_FINDINGS = ("knn_high_from_random_encoder", "knn_helps_overspecification", "memory_helps_overspecification")
 
 
-def _row(finding, paper, estimate, criterion, holds_rule, ci_over, scale, n_children="all", note=""):
+def _row(finding, paper, estimate, criterion, holds_rule, ci_over, scale, n_children="all", note="", setting=""):
     measured, low, high = estimate
     holds = bool(holds_rule(low, high)) if not (math.isnan(low) or math.isnan(high)) else False
     return {"finding": finding, "paper": paper, "measured": measured, "ci_low": low, "ci_high": high,
-            "criterion": criterion, "holds": holds, "ci_over": ci_over, "n_children": n_children, "note": note,
-            **{k: scale.get(k) for k in SCALE_COLUMNS}}
+            "criterion": criterion, "holds": holds, "ci_over": ci_over, "n_children": n_children, "setting": setting,
+            "note": note, **{k: scale.get(k) for k in SCALE_COLUMNS}}
 
 
 def _above(threshold):
@@ -89,13 +97,14 @@ def _ppl_difference(means: np.ndarray) -> np.ndarray:
 
 
 def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray, summary: pd.DataFrame,
-           scale: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Table 1's claims at one scale point."""
+           scale: dict, setting: str, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Table 1's claims at one scale point, the kNN-LM interpolated at `setting` (FIXED or TUNED:
+    table1.projection.interpolation)."""
     tokens = f"{len(per_token)} test tokens"
     diff = bootstrap_ci(np.column_stack([test_lm, test_knnlm]), _ppl_difference, n_resamples, seed)
     rows = [_row("knnlm_beats_lm", "20.13 - 16.92 = 3.21 (kNN-LM lower)", diff,
                  "ppl_lm - ppl_knnlm on the whole evaluated test set; holds if its 95% CI is above 0",
-                 _above(0), f"{len(test_lm)} test tokens", scale)]
+                 _above(0), f"{len(test_lm)} test tokens", scale, setting=setting)]
     solver = summary.set_index("column")
     claims = [
         ("softmax_bottleneck_ruled_out", "proj_f", "(16.70 - 16.92) / (20.13 - 16.92) = -0.07",
@@ -110,25 +119,27 @@ def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray,
         s = solver.loc[column]
         note = (f"{s['projection']}: {s['direction']} KL, {s['solver']}, {s['iterations']} iterations, "
                 f"final mean KL {s['final_mean_kl']:.4g}, {'converged' if s['converged'] else 'NOT converged'}")
-        rows.append(_row(finding, paper, gap, criterion, rule, tokens, scale, note=note))
+        rows.append(_row(finding, paper, gap, criterion, rule, tokens, scale, note=note, setting=setting))
     return rows
 
 
 def knn_gains(estimate, n_tokens: int, scale: dict) -> list[dict]:
-    """The rare-token reading of the kNN-LM's gain (Khandelwal et al. 2020) at one scale point."""
+    """The rare-token reading of the kNN-LM's gain (Khandelwal et al. 2020) at one scale point
+    (the kNN-LM at knn.lambda, T)."""
     return [_row("knn_gain_concentrated_in_rare_tokens", "rare patterns gain most (Khandelwal et al. 2020)", estimate,
                  "mean log-prob gain on targets seen 1-99 times in training minus on targets seen >= 1,000 times; "
-                 "holds if its 95% CI is above 0", _above(0), f"{n_tokens} test tokens", scale)]
+                 "holds if its 95% CI is above 0", _above(0), f"{n_tokens} test tokens", scale, setting=FIXED)]
 
 
 def search_fidelity(estimate, table: pd.DataFrame, scale: dict) -> list[dict]:
-    """Approximate against exact neighbours at one scale point; no row where the search was exact."""
+    """Approximate against exact neighbours at one scale point (the kNN-LM at knn.lambda, T); no
+    row where the search was exact."""
     if not len(table):
         return []
     return [_row("approximate_search_lowers_perplexity", "lower with approximate neighbours (Xu et al. 2023)",
                  estimate, "kNN-LM perplexity with the approximate index's neighbours minus with the exact ones on "
                  "sampled test queries; holds if its 95% CI is below 0", _below(0), f"{len(table)} test queries",
-                 scale, note=f"recall@k {table.recall_at_k.mean():.3f}")]
+                 scale, note=f"recall@k {table.recall_at_k.mean():.3f}", setting=FIXED)]
 
 
 def datastore_growth(estimate, table: pd.DataFrame, n_tokens: int, scale: dict) -> list[dict]:
@@ -160,28 +171,45 @@ def memory(tokens: pd.DataFrame, table: pd.DataFrame, main: str, control: str | 
         return bootstrap_ci(tokens[columns].to_numpy(), statistic, n_resamples, seed)
 
     rows = []
-    for setting, memory_column, lam in (("fixed", f"{mix}_fixed", "knn.lambda"), ("tuned", mix, "lambda_m")):
-        rows.append(_row("memory_recovers_knn_gain", "(20.13 - 18.68) / (20.13 - 16.92) = 0.45",
-                         paired(["lm", memory_column, f"knnlm_{setting}"], _recovered),
-                         "(ppl_lm - ppl_lm+memory) / (ppl_lm - ppl_knnlm), both interpolated at their fixed or both at "
-                         "their validation-tuned setting; holds if its 95% CI is above 0", _above(0), over, scale,
-                         note=f"memory {main}; {setting}: the memory at its {lam}, the kNN-LM at its {setting} (lambda, T)"))
+    for setting, memory_column, lam in ((FIXED, f"{mix}_fixed", "knn.lambda"), (TUNED, mix, "lambda_m")):
+        claim = {"finding": "memory_recovers_knn_gain", "paper": "(20.13 - 18.68) / (20.13 - 16.92) = 0.45",
+                 "criterion": "(ppl_lm - ppl_lm+memory) / (ppl_lm - ppl_knnlm), both interpolated at their fixed or "
+                              "both at their validation-tuned setting, measured only where the kNN-LM's gain ppl_lm - "
+                              "ppl_knnlm there has its 95% CI above 0; holds if its 95% CI is above 0",
+                 "holds_rule": _above(0), "scale": scale, "setting": setting}
+        note = f"memory {main}: the memory at its {lam}, the kNN-LM at its {setting} (lambda, T)"
+        # a ratio over a gain that may be none: where the kNN-LM is no better than the LM, a
+        # memory as much worse would "recover" a positive share of it
+        gain = paired(["lm", f"knnlm_{setting}"], _ppl_difference)
+        if gain[1] > 0:
+            rows.append(_row(**claim, estimate=paired(["lm", memory_column, f"knnlm_{setting}"], _recovered),
+                             ci_over=over, note=note))
+        else:
+            rows.append(_row(**claim, estimate=(math.nan, math.nan, math.nan), ci_over="unmeasured",
+                             note=f"{note}; not measured: no gain to recover, the kNN-LM's ppl_lm - ppl_knnlm is "
+                                  f"{gain[0]:.4g} [{gain[1]:.4g}, {gain[2]:.4g}] ({over})"))
+    memory_row = table[(table.kind == "memory") & (table.component == f"LM + memory {main}")].iloc[0]
+    trained, searched = memory_row["train_flops"], memory_row["target_search_flops"]
     if "lm_more" in tokens:
-        steps = int(table.loc[table.kind == "more_training", "extra_steps"].iloc[0])
+        more = table[table.kind == "more_training"].iloc[0]
         rows.append(_row("memory_beats_more_training", "not in the paper", paired(["lm_more", mix], _ppl_difference),
-                         "ppl of the LM trained further for the memory's training compute minus ppl_lm+memory; "
-                         "holds if its 95% CI is above 0", _above(0), over, scale,
-                         note=f"memory {main}; the LM trained {steps} steps further on the same data"))
+                         "ppl of the LM trained further for the memory's compute (its training and its kNN targets' "
+                         "search) minus ppl_lm+memory; holds if its 95% CI is above 0", _above(0), over, scale,
+                         note=f"memory {main}; the LM trained {int(more['extra_steps'])} steps further on the same "
+                              f"data, {more['train_flops']:.3g} FLOPs for the memory's {trained:.3g} of training and "
+                              f"{searched:.3g} of kNN-target search", setting=TUNED))
     rows.append(_row("memory_alone_beats_lm", "not in the paper", paired(["lm", f"memory_{main}"], _ppl_difference),
                      "ppl_lm - ppl_memory (the memory alone, no LM); holds if its 95% CI is above 0: then the memory "
                      "is partly a better-trained LM, not retrieval", _above(0), over, scale, note=f"memory {main}"))
     if control is not None:
         rows.append(_row("memory_imitation_helps", "not in the paper (MLP Memory: alpha 0.4 best)",
                          paired([f"lm_memory_{control}", mix], _ppl_difference),
-                         "ppl_lm+memory trained on values alone (alpha 0) minus trained to imitate p_kNN, same budget; "
-                         "holds if its 95% CI is above 0", _above(0), over, scale, note=f"memory {main} against {control}"))
+                         f"ppl_lm+memory trained on values alone (alpha 0) minus trained to imitate p_kNN, the same "
+                         f"training ({trained:.3g} FLOPs); the imitating memory also spends its kNN targets' search, "
+                         f"{searched:.3g} FLOPs more ({searched / trained:.0%} of its training), which the values "
+                         f"memory does not; holds if its 95% CI is above 0", _above(0), over, scale,
+                         note=f"memory {main} against {control}", setting=TUNED))
     datastore_bytes = int(table.loc[table.kind == "knn", "bytes"].iloc[0])
-    memory_row = table[(table.kind == "memory") & (table.component == f"LM + memory {main}")].iloc[0]
     ratio = datastore_bytes / memory_row["bytes"]
     counted = "the LM's own head not counted" if head == "lm_frozen" else "its head counted"
     rows.append(_row("memory_smaller_than_datastore", "over 25x (NAACL 2024)", (ratio, ratio, ratio),

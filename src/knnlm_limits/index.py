@@ -144,6 +144,31 @@ def planned_kind(config: dict) -> str:
     return choose(bound, config["knn"])
 
 
+def ivf_shape(factory: str, d: int) -> tuple[int, int]:
+    """(number of lists, bytes per code) of an 'IVF<n>,PQ<m>' / 'PQ<m>' / 'IVF<n>,SQ8' / 'IVF<n>,Flat' factory."""
+    nlist, code = 1, 4 * d
+    for part in factory.split(","):
+        if part.startswith("IVF"):
+            nlist = int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
+        elif part.startswith("PQ"):
+            m_sub = part[2:].split("x")
+            code = int(m_sub[0]) * (int(m_sub[1]) if len(m_sub) > 1 else 8) // 8
+        elif part == "SQ8":
+            code = d
+        elif part in ("SQfp16", "SQ16"):
+            code = 2 * d
+    return nlist, code
+
+
+def code_scan_flops(factory: str, d: int) -> int:
+    """FLOPs of comparing a query with one stored code of `factory` while scanning a list: one
+    table look-up addition per sub-quantiser of a PQ code, a distance (2 d) for a Flat or SQ code."""
+    for part in factory.split(","):
+        if part.startswith("PQ"):
+            return int(part[2:].split("x")[0])
+    return 2 * d
+
+
 def check_factory(factory: str, dim: int, key: str) -> None:
     """Fail now, naming the config key, if FAISS cannot build `factory` for `dim`-d keys."""
     if factory == EXACT:
@@ -428,3 +453,56 @@ class Searcher:
             dists[rows], ids[rows] = batch_dists, batch_ids
             del batch_dists, batch_ids  # not alive while the next batch is searched
         return dists, ids
+
+
+# ---------------------------------------------------------------- the search on a GPU (timing only)
+
+
+def faiss_gpu_unavailable() -> str | None:
+    """Why FAISS cannot search on a GPU here; None where it can."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return "FAISS here has no GPU support (faiss-cpu)"
+    if faiss.get_num_gpus() == 0:
+        return "FAISS sees no GPU"
+    return None
+
+
+def gpu_search(searcher: Searcher, k: int):
+    """(search, None): `searcher`'s search on GPU 0, for queries placed there as a torch tensor
+    (faiss.contrib.torch_utils); or (None, why) where FAISS cannot do it there. A FAISS index is
+    moved whole (its nprobe kept); exact search is a flat GPU index of the float32 keys, where
+    they fit in half the GPU's free memory. Exact re-ranking reads the key file on the host:
+    not a GPU search."""
+    why = faiss_gpu_unavailable()
+    if why is None and searcher.rerank_exact and searcher.kind not in EXACT_KINDS:
+        why = "its exact re-ranking reads the key file on the host"
+    if why is None and searcher.index is None:
+        import torch
+
+        keys = as_rows(searcher.key_file)
+        need, free = keys.shape[0] * keys.shape[1] * 4, torch.cuda.mem_get_info()[0]
+        if need > free // 2:
+            why = f"its {need / 2**30:.1f} GiB of float32 keys do not fit half the GPU's free {free / 2**30:.1f} GiB"
+    if why is not None:
+        return None, why
+    import faiss.contrib.torch_utils  # noqa: F401  (FAISS indexes take torch tensors, on the GPU too)
+
+    resources = faiss.StandardGpuResources()
+    if searcher.index is None:
+        keys = as_rows(searcher.key_file)
+        index = faiss.GpuIndexFlatL2(resources, keys.shape[1])
+        for start in range(0, len(keys), WIDEN_ROWS):
+            index.add(np.asarray(keys[start : start + WIDEN_ROWS], dtype=np.float32))
+    else:
+        index = faiss.index_cpu_to_gpu(resources, 0, searcher.index)
+        try:
+            index.nprobe = faiss.extract_index_ivf(searcher.index).nprobe
+        except RuntimeError:
+            pass  # not an IVF index: nothing to probe
+    width = min(k, index.ntotal)
+
+    def search(queries):
+        return index.search(queries, width)
+
+    search.resources = resources  # alive as long as the index on the GPU is
+    return search, None

@@ -3,7 +3,8 @@
 The MLP itself, its loss and its training are in memory_mlp.py (torch). Here, with NumPy
 only (the rules and the cost model read it while the workflow is planned):
 
-- its size and bytes, and the training compute the more-training control matches;
+- its size and bytes, its training compute and its kNN targets' search compute, which the
+  more-training control matches together;
 - the kNN targets of a seeded sample of datastore entries: each entry's p_kNN over the
   *other* entries (every shard answers the sampled entries' keys, the merge drops each
   entry in its own shard: shards.merge_rows, as knnlm.leave_one_out does unsharded), stored
@@ -57,9 +58,70 @@ def training_flops(counts: dict, head: str, n_entries: int, epochs: float) -> fl
     return n_entries * epochs * (4 * total + 2 * trained)
 
 
+def kl_target_count(n_entries: int, n: int | None) -> int:
+    """Entries given a kNN target (kl_sample's size): memory.kl_positions of them, every entry when None."""
+    return n_entries if n is None else min(n, n_entries)
+
+
+def target_search_flops(n_targets: int, n_keys: int, d: int, kind: str, k: int, nprobe: int, rerank: bool,
+                        shards: int = 1) -> float:
+    """FLOPs of the kNN targets' search (memory_target_shard): each of n_targets entries' key
+    searched for its k + 1 nearest of n_keys keys of width d, in each of `shards` shards,
+    through an index of `kind`.
+
+    Exact search (exact, Flat, SQfp16): a distance to every key, 2 d FLOPs each (FAISS's kernel:
+    a dot product, the norms once), 2 n_targets n_keys d whatever the shards. An IVF index: in
+    every shard the coarse quantiser's nlist distances, then the codes of the nprobe lists
+    probed (n_keys nprobe / nlist a query over all shards, lists of equal size), each scanned
+    for index.code_scan_flops (a PQ code: one addition a sub-quantiser; its look-up tables,
+    2 x 256 d a query, left out); exact re-ranking, a distance (2 d) a neighbour in every shard.
+    """
+    from .index import EXACT_KINDS, code_scan_flops, ivf_shape
+
+    if kind in EXACT_KINDS:
+        return 2.0 * n_targets * n_keys * d
+    nlist, _ = ivf_shape(kind, d)
+    scan = code_scan_flops(kind, d)
+    per_query = shards * 2 * nlist * d + n_keys * min(1.0, nprobe / nlist) * scan
+    if rerank:
+        per_query += shards * 2 * d * min(k + 1, -(-n_keys // shards))
+    return float(n_targets * per_query)
+
+
+# what the search's cost follows from besides the planned index kind
+TARGET_SEARCH_KNN = ("k", "nprobe", "rerank", "shards")
+
+
+def target_search_settings(knn: dict, memory: dict, kind: str) -> dict | None:
+    """What the kNN targets' search FLOPs follow from, before any job ran: memory_targets'
+    sample and search settings and the index kind the workflow planned (index.planned_kind; any
+    exact kind costs the same); None where the memory has no kNN targets (memory.alpha 0)."""
+    from .index import EXACT, EXACT_KINDS
+
+    if memory["alpha"] == 0:
+        return None
+    return {"n": memory["kl_positions"], **{key: knn[key] for key in TARGET_SEARCH_KNN},
+            "kind": EXACT if kind in EXACT_KINDS else kind}
+
+
+def planned_target_search_flops(n_entries: int, d: int, settings: dict | None) -> float:
+    """target_search_flops of a datastore of n_entries keys of width d, as target_search_settings
+    plan it, the sample capped by the datastore (0 for None)."""
+    if settings is None:
+        return 0.0
+    return target_search_flops(kl_target_count(n_entries, settings["n"]), n_entries, d, settings["kind"],
+                               settings["k"], settings["nprobe"], settings["rerank"], settings["shards"])
+
+
+def imitation_flops(counts: dict, head: str, n_entries: int, epochs: float, d: int, target_search: dict | None) -> float:
+    """The compute the more-training control is matched to: the memory's training and its kNN
+    targets' search (target_search_settings; None: no search)."""
+    return training_flops(counts, head, n_entries, epochs) + planned_target_search_flops(n_entries, d, target_search)
+
+
 def more_training_steps(budget: str, memory_flops: float, lm_params: float, tokens_per_step: int,
                         epochs: float, n_train_tokens: int) -> int:
-    """Steps the more-training control adds to its LM: the memory's training compute at
+    """Steps the more-training control adds to its LM: the memory's compute (imitation_flops) at
     6 FLOPs a parameter a token ('compute'), or the memory's epochs over the training split
     ('epochs')."""
     if budget == "epochs":
@@ -88,7 +150,8 @@ def folder_bytes(path) -> int:
 
 
 def kl_sample(n_entries: int, n: int | None, seed: int) -> np.ndarray:
-    """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None)."""
+    """The sorted entry ids that get a kNN target: a seeded sample of n (every entry when None),
+    kl_target_count of them."""
     return np.arange(n_entries) if n is None else sample_rows(n_entries, n, seed)
 
 
@@ -168,6 +231,36 @@ def bootstrap_perplexity(logprobs: np.ndarray, n_resamples: int, seed: int) -> t
                         n_resamples, seed)
 
 
+# ---------------------------------------------------------------- the frontier's compressed datastores
+
+
+def frontier_shard(trained, key_file, value_file, manifest, queries: dict, out_index, out_answer, k: int,
+                   nprobe: int, threads: int, log=None) -> dict:
+    """The frontier_shard job: a shard's product-quantised codes (a copy of the code size's
+    trained index with the shard's keys, written as the index stage writes one; no keys kept,
+    so searched without re-ranking) and its answer to each evaluated split's queries."""
+    from . import index
+    from .shards import answer_shard, read_manifest
+
+    written = index.write_shard(out_index, trained, key_file, log=log)
+    searcher = index.Searcher.open(out_index, key_file, {"nprobe": nprobe, "rerank": False, "threads": threads})
+    offset, values = read_manifest(manifest)["offset"], np.load(value_file, mmap_mode="r")
+    Path(out_answer).mkdir(parents=True, exist_ok=True)
+    for split, path in queries.items():
+        answer_shard(searcher, values, np.load(path, mmap_mode="r"), k, offset, out_answer, split, log=log)
+    return written
+
+
+def frontier_merge(lm_pass: dict, answers: list, k: int, out: dict, log=None) -> None:
+    """The frontier_pq job: each split's LM pass with its k nearest over the shards' answers
+    through the PQ codes (the LM's log-probs are the LM pass's)."""
+    from .shards import merge_search, read_answer
+
+    for split, path in lm_pass.items():
+        found = merge_search(SearchResults.load(path), [read_answer(a, split) for a in answers], k, out[split], log=log)
+        print(f"{split}: {len(found)} queries, {len(answers)} shards merged", file=log)
+
+
 # ---------------------------------------------------------------- the memory table and the frontier
 
 
@@ -186,13 +279,17 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
 
     found: the configured search's {valid, test} search results (files or SearchResults);
     fixed / tuned: the kNN-LM's (lambda, T) as configured and as Table 1's validation grid
-    chose; memories: {name: {logprobs: {valid, test}, costs: its query_costs row}}; more: the
-    more-trained LM's {valid, test, extra_steps} or None; pq: {code: {valid, test, bytes}}.
+    chose; memories: {name: {objective: one of OBJECTIVES, logprobs: {valid, test}, footprint: its
+    footprint row (bytes, training steps, train_flops, target_search_flops), costs: its
+    query_costs rows}}; more: the
+    more-trained LM's {valid, test, extra_steps, train_flops} or None; pq: {code: {valid, test,
+    bytes}}.
     One split's neighbours are held at a time: the job's memory is a split's, not all of them.
 
     Returns DataFrames: `tokens` (per test token, every log-prob the table reads), `grid`
     (validation perplexity of each lambda_m, and of (lambda, T) for each PQ kNN-LM), `table`,
-    `frontier` (bytes against test perplexity with its bootstrap interval) and `costs`.
+    `frontier` (bytes against test perplexity with its bootstrap interval; a memory's objective)
+    and `costs`.
     """
     import pandas as pd
 
@@ -210,17 +307,17 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
                      "test_ppl_tuned": perplexity(tokens[tuned_col]) if tuned_col else np.nan,
                      "lambda": lam, "temperature": temperature, **extra})
 
-    def point(component, kind, bytes_, column):
+    def point(component, kind, bytes_, column, objective=""):
         ppl, low, high = bootstrap_perplexity(tokens[column], bootstrap["bootstrap_resamples"], bootstrap["seed"])
-        points.append({"component": component, "kind": kind, "bytes": bytes_, "test_ppl": ppl, "ci_low": low,
-                       "ci_high": high, "column": column})
+        points.append({"component": component, "kind": kind, "objective": objective, "bytes": bytes_, "test_ppl": ppl,
+                       "ci_low": low, "ci_high": high, "column": column})
 
     row("LM", "lm", 0, "lm", "lm")
     point("LM alone", "lm", 0, "lm")
     if more is not None:
         tokens["lm_more"] = np.asarray(more["test"], dtype=np.float64)
         row(f"LM trained {int(more['extra_steps'])} steps further", "more_training", 0, "lm_more", "lm_more",
-            extra_steps=int(more["extra_steps"]))
+            extra_steps=int(more["extra_steps"]), train_flops=float(more["train_flops"]), target_search_flops=0.0)
     row(f"kNN-LM, datastore (float16 keys, {search_kind})", "knn", datastore_bytes, "knnlm_fixed", "knnlm_tuned",
         tuned[0], tuned[1])
     point("kNN-LM, datastore", "knn", datastore_bytes, "knnlm_tuned")
@@ -243,12 +340,19 @@ def tables(found: dict, fixed: tuple, tuned: tuple, memories: dict, more: dict |
         tokens[f"memory_{name}"] = mem
         tokens[f"lm_memory_{name}"] = interpolate(tokens["lm"], mem, lam)
         tokens[f"lm_memory_{name}_fixed"] = interpolate(tokens["lm"], mem, fixed[0])
-        size = int(entry["costs"]["bytes_fp32"])
-        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}")
+        foot = entry["footprint"]
+        size = int(foot["bytes_fp32"])
+        # each component's compute: its training, and the kNN targets' search it was trained on
+        compute = {"train_flops": float(foot["train_flops"]), "target_search_flops": float(foot["target_search_flops"])}
+        objective = entry["objective"]
+        row(f"memory {name} alone", "memory_alone", size, f"memory_{name}", f"memory_{name}", objective=objective,
+            **compute)
         row(f"LM + memory {name}", "memory", size, f"lm_memory_{name}_fixed", f"lm_memory_{name}", lam,
-            bytes_fp16=int(entry["costs"]["bytes_fp16"]), train_steps=int(entry["costs"]["train_steps"]))
-        point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}")
-    costs = pd.DataFrame([{"memory": name, **entry["costs"]} for name, entry in memories.items()])
+            objective=objective, bytes_fp16=int(foot["bytes_fp16"]), train_steps=int(foot["train_steps"]), **compute)
+        point(f"LM + memory {name}", "memory", size, f"lm_memory_{name}", objective)
+    timed = [entry["costs"].assign(memory=name) for name, entry in memories.items()]
+    costs = pd.concat(timed, ignore_index=True) if timed else pd.DataFrame(columns=["memory"])
+    costs = costs[["memory", *costs.columns.drop("memory")]]
     return {"tokens": pd.DataFrame(tokens), "grid": pd.concat(grids, ignore_index=True)[
                 ["component", "lambda", "temperature", "valid_perplexity"]] if grids else pd.DataFrame(),
             "table": pd.DataFrame(rows), "frontier": pd.DataFrame(points), "costs": costs}

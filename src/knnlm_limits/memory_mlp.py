@@ -320,30 +320,72 @@ def target_logprob(model: MemoryMLP, queries: np.ndarray, targets: np.ndarray, b
     return out
 
 
-def seconds_per_1000(fn, n_queries: int, repeat: int = 2) -> float:
-    """The best of `repeat` timings of fn() (one pass over n_queries queries), per 1,000 queries."""
+def _best_seconds(call, drain, repeat: int) -> float:
+    """One untimed call (a warm-up), then the best of `repeat` timed ones, each timing ended by
+    drain() (a GPU's queue)."""
+    call()
+    drain()
     best = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        call()
+        drain()
         best = min(best, time.perf_counter() - start)
-    return 1000 * best / max(1, n_queries)
+    return best
 
 
-@torch.no_grad()
-def forward_seconds_per_1000(model: MemoryMLP, queries: np.ndarray) -> float:
-    """Seconds per 1,000 queries of the memory's forward to log-probabilities over the vocabulary."""
-    model.eval()
-    device = next(model.parameters()).device
-    q = torch.from_numpy(np.asarray(queries, dtype=np.float32)).to(device)
+def time_queries(search, model: MemoryMLP, queries: np.ndarray, device: str, threads: int, repeat: int = 2) -> dict:
+    """Seconds per 1,000 queries of search(queries) and of the memory's forward (log-probabilities
+    over the vocabulary), timed alike: on `device`, with `threads` CPU threads (torch's and
+    FAISS's, set for the timing and restored after); the queries placed there before either
+    timer starts, the same for both (on a CPU one float32 array, which the memory reads as a
+    tensor without a copy; on a GPU one tensor there); one untimed call of each first; the best
+    of `repeat` timed calls of each, the device's queue drained inside the timer.
 
+    search: the search being timed, any callable of the placed queries (index.Searcher's on a
+    CPU, index.gpu_search's on a GPU, or another). The model is moved to `device`.
+    """
+    import faiss
+
+    placed = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
+    searched = placed.numpy() if placed.device.type == "cpu" else placed  # the same memory
+    model = model.to(device).eval()
+
+    def drain():
+        if placed.device.type == "cuda":
+            torch.cuda.synchronize(placed.device)
+
+    @torch.no_grad()
     def forward():
-        torch.log_softmax(model(q).float(), -1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        torch.log_softmax(model(placed).float(), -1)
 
-    forward()  # warm-up
-    return seconds_per_1000(forward, len(q))
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    try:
+        search_seconds = _best_seconds(lambda: search(searched), drain, repeat)
+        memory_seconds = _best_seconds(forward, drain, repeat)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+    per_1000 = 1000 / max(1, len(queries))
+    return {"search_device": device, "search_threads": threads, "search_seconds_per_1000": search_seconds * per_1000,
+            "memory_device": device, "memory_threads": threads, "memory_seconds_per_1000": memory_seconds * per_1000}
+
+
+def query_costs(searches: dict, model: MemoryMLP, queries: np.ndarray, threads: int) -> list[dict]:
+    """One row per device of `searches` ({device: the search there, a callable of the placed
+    queries; or why that device's pair is skipped}): time_queries' timings of the search and
+    the memory side by side there, or the reason in `note`."""
+    rows = []
+    for device, search in searches.items():
+        if isinstance(search, str):
+            rows.append({"search_device": device, "search_threads": threads, "search_seconds_per_1000": math.nan,
+                         "memory_device": device, "memory_threads": threads, "memory_seconds_per_1000": math.nan,
+                         "note": f"{device} pair skipped: {search}"})
+        else:
+            rows.append({**time_queries(search, model, queries, device, threads), "note": ""})
+    return [{"queries": len(queries), **row} for row in rows]
 
 
 def load(folder) -> MemoryMLP:
@@ -357,18 +399,20 @@ def load(folder) -> MemoryMLP:
 
 
 def train_and_evaluate(key_files, value_files, manifests, kl_folder, lm_dir, queries: dict, found: dict, index_dirs,
-                       out_model, out_logprobs, out_costs, work_dir, shape: dict, alpha: float, train: dict,
-                       search: dict, timing_queries: int, threads: int, log=None) -> None:
+                       out_model, out_logprobs, out_footprint, out_costs, work_dir, shape: dict, alpha: float,
+                       train: dict, search: dict, timing_queries: int, threads: int, log=None) -> None:
     """The train_memory job: train a memory on the datastore's shards (resumable), then its
-    log-prob of every evaluated target from the search's own query keys, and what it and the
-    search cost at query time: bytes, and seconds per 1,000 of the same test queries, both
-    timed here (the search over every shard, merged)."""
+    log-prob of every evaluated target from the search's own query keys; its footprint
+    (parameters, bytes, training steps, and the compute of its training and of its kNN targets'
+    search); and what it and the search over every shard cost at query time, timed here side by
+    side (query_costs: on the CPU with the job's threads, and on a GPU machine on the GPU too,
+    or why not)."""
     import pandas as pd
 
     from . import io, memory, train as training
     from .knnlm import SearchResults
     from .model import best_device, load_lm
-    from .shards import ShardedRows, ShardedSearch
+    from .shards import ShardedRows, ShardedSearch, gpu_search as sharded_gpu_search
 
     keys, values = ShardedRows(key_files), ShardedRows(value_files)
     data = MemoryData(keys, values, *(memory.kl_targets(kl_folder) if kl_folder else (None, None, None)))
@@ -386,24 +430,36 @@ def train_and_evaluate(key_files, value_files, manifests, kl_folder, lm_dir, que
                                       SearchResults.load(found[split], neighbours=False).targets)
                 for split in ("valid", "test")}
     io.save_npz(out_logprobs, **logprobs)
-    q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
     searcher = ShardedSearch.open(key_files, value_files, manifests, index_dirs, {**search, "threads": threads})
     counts = memory.parameters(key_width, vocab, shape["layers"], shape["expansion"])
-    row = {"queries": len(q), "search": searcher.kind,
-           "search_seconds_per_1000": seconds_per_1000(lambda: searcher.search(q, search["k"]), len(q)),
-           "memory_seconds_per_1000": forward_seconds_per_1000(model, q),
-           "params_body": counts["body"], "params_head": counts["head"], **memory.memory_bytes(counts, shape["head"]),
-           "train_steps": s.total_steps}
-    io.write_csv(out_costs, pd.DataFrame([row]))
-    print(row, file=log)
+    # the kNN targets it was trained on were searched through this index (memory_targets)
+    searched = memory.target_search_flops(len(data.kl_rows), len(data), key_width, searcher.kind, search["k"],
+                                          search["nprobe"], search["rerank"], len(key_files)) if kl_folder else 0.0
+    footprint = {"params_body": counts["body"], "params_head": counts["head"],
+                 **memory.memory_bytes(counts, shape["head"]), "train_steps": s.total_steps,
+                 "train_flops": memory.training_flops(counts, shape["head"], len(data), train["epochs"]),
+                 "target_search_flops": searched}
+    io.write_csv(out_footprint, pd.DataFrame([footprint]))
+    q = np.asarray(np.load(queries["test"], mmap_mode="r")[:timing_queries], dtype=np.float32)
+    # both on the CPU with the job's threads; on a GPU machine both on the GPU too, where FAISS can
+    searches = {"cpu": lambda placed: searcher.search(placed, search["k"])}
+    if torch.cuda.is_available():
+        on_gpu, why = sharded_gpu_search(searcher, search["k"])
+        searches["cuda"] = on_gpu or why
+    costs = pd.DataFrame(query_costs(searches, model, q, threads))
+    costs.insert(1, "search", searcher.kind)
+    io.write_csv(out_costs, costs)
+    print(footprint, costs.to_string(index=False), sep="\n", file=log)
 
 
 def more_training(model_dir, examples_file, manifests, splits: dict, out_model, out_logprobs, work_dir, step: int,
                   train: dict, seed: int, windowing: dict, memory_shape: dict, budget: dict, batch_tokens: int,
                   log=None) -> None:
     """The more_training job: the scale point's LM trained further from its own weights and
-    optimizer state, on the same training blocks in the same order, for the memory's training
-    compute (or epochs); then its log-prob of every evaluated target (an LM-only pass)."""
+    optimizer state, on the same training blocks in the same order, for the memory's compute
+    (budget: control_budget 'compute', its training and its kNN targets' search as
+    budget['target_search'] plans it, memory.imitation_flops; or 'epochs', its epochs); then
+    its log-prob of every evaluated target (an LM-only pass)."""
     from pathlib import Path
 
     from . import io, memory, train as training
@@ -419,16 +475,17 @@ def more_training(model_dir, examples_file, manifests, splits: dict, out_model, 
     stream = load_stream(examples_file)
     from .shards import offsets
 
-    n_entries = int(offsets(manifests)[-1])
-    counts = memory.parameters(lm.config.hidden_size, lm.config.vocab_size, memory_shape["layers"],
-                               memory_shape["expansion"])
-    flops = memory.training_flops(counts, memory_shape["head"], n_entries, budget["epochs"])
+    n_entries, d = int(offsets(manifests)[-1]), lm.config.hidden_size
+    counts = memory.parameters(d, lm.config.vocab_size, memory_shape["layers"], memory_shape["expansion"])
+    flops = memory.imitation_flops(counts, memory_shape["head"], n_entries, budget["epochs"], d,
+                                   budget["target_search"])
     tokens_per_step = train["batch_size"] * windowing["block_size"]
-    extra = memory.more_training_steps(budget["control_budget"], flops, sum(p.numel() for p in lm.parameters()),
-                                       tokens_per_step, budget["epochs"], len(stream))
+    params = sum(p.numel() for p in lm.parameters())
+    extra = memory.more_training_steps(budget["control_budget"], flops, params, tokens_per_step, budget["epochs"],
+                                       len(stream))
     s = training.TrainSettings(**{**train, "checkpoints": [step + extra]}, seed=seed)
     print(f"continuing from step {step} for {extra} steps ({budget['control_budget']}: the memory's "
-          f"{flops:.3g} FLOPs)", file=log, flush=True)
+          f"{flops:.3g} FLOPs of training and kNN-target search)", file=log, flush=True)
     optim = torch.load(state, weights_only=True, map_location=next(lm.parameters()).device)
     training.train(lm, blocks(stream, windowing["block_size"]), s, {step + extra: out_model}, work_dir, log,
                    start=training.Start(step, optim))
@@ -436,4 +493,6 @@ def more_training(model_dir, examples_file, manifests, splits: dict, out_model, 
     for split, path in splits.items():
         examples = windows(load_stream(path), windowing["block_size"], windowing["stride"])
         logprobs[split] = lm_and_queries(lm, examples, None, batch_tokens, log)[0].lm_logprob.astype(np.float64)
-    io.save_npz(out_logprobs, **logprobs, extra_steps=np.asarray(extra))
+    # its own compute, 6 FLOPs a parameter a token: at least the budget, by less than a step
+    io.save_npz(out_logprobs, **logprobs, extra_steps=np.asarray(extra),
+                train_flops=np.asarray(6.0 * params * tokens_per_step * extra))

@@ -192,6 +192,29 @@ class ShardedSearch:
         return merge_rows(parts, k)
 
 
+def gpu_search(sharded: ShardedSearch, k: int):
+    """(search, None): the sharded search on GPU 0 (index.gpu_search, shard by shard, the answers'
+    k nearest kept there), for timing it beside the memory; or (None, why) where a shard cannot
+    be searched there. Its ids are the shards' own rows: a timing, not an answer."""
+    from .index import gpu_search as on_gpu
+
+    parts = []
+    for s in sharded.searchers:
+        search, why = on_gpu(s, k)
+        if search is None:
+            return None, why
+        parts.append(search)
+
+    def search(queries):
+        import torch
+
+        dists = torch.cat([part(queries)[0] for part in parts], dim=1)
+        return torch.topk(dists, min(k, dists.shape[1]), dim=1, largest=False)
+
+    search.parts = parts  # each holds its GPU resources
+    return search, None
+
+
 def answer_shard(searcher, values, queries: np.ndarray, k: int, offset: int, folder, name: str,
                  batch: int = 16_384, log=None) -> int:
     """One shard's answer to `queries`, written as folder/<name>_<array>.npy: for every query

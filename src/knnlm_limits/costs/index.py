@@ -1,24 +1,8 @@
 """Cost of the index stage (rules/index.smk): an approximate index trained once on a sample
 (index_trained), then filled with each shard's keys (index_shard); exact search has none."""
 
-from ..index import planned_kind
+from ..index import ivf_shape, planned_kind
 from .base import Estimate, MB, Job, cost, measured, seconds, unknown
-
-
-def ivf_shape(factory: str, d: int) -> tuple[int, int]:
-    """(number of lists, bytes per code) of an 'IVF<n>,PQ<m>' / 'PQ<m>' / 'IVF<n>,SQ8' / 'IVF<n>,Flat' factory."""
-    nlist, code = 1, 4 * d
-    for part in factory.split(","):
-        if part.startswith("IVF"):
-            nlist = int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
-        elif part.startswith("PQ"):
-            m_sub = part[2:].split("x")
-            code = int(m_sub[0]) * (int(m_sub[1]) if len(m_sub) > 1 else 8) // 8
-        elif part == "SQ8":
-            code = d
-        elif part in ("SQfp16", "SQ16"):
-            code = 2 * d
-    return nlist, code
 
 
 def build(kind: str, n_keys: int, d: int, train_sample: int, threads: int, sample_of: int | None = None) -> Estimate:

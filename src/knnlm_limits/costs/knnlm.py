@@ -2,10 +2,9 @@
 (knn_queries), each shard's search for every query, one split after the other, SEARCH_BATCH
 queries at a time (knn_shard_search), and the merges of the shards' answers."""
 
-from ..index import EXACT_KINDS, exact_block_rows, planned_kind
+from ..index import EXACT_KINDS, exact_block_rows, ivf_shape, planned_kind
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
                    measured, search_threads, unknown, window_factor)
-from .index import ivf_shape
 
 
 def exact_seconds(queries: int, n_keys: int, d: int, threads: int) -> float:

@@ -85,7 +85,7 @@ def train_memory(job: Job) -> Estimate:
     kind = planned_kind(job.config)
     held, temporaries, search_secs = search(job.config, n_keys, size["d"], m["timing_queries"], m["timing_queries"],
                                             kind, job.threads, knn["rerank"])
-    secs += 2 * search_secs  # the search timed beside the memory, best of two
+    secs += 3 * search_secs  # the search timed beside the memory: a warm-up, then the best of two
     gpu = (state / MB) if job.uses_gpu else 0.0
     return Estimate(mem + held + temporaries, 1 + secs / 60, gpu, 4 * params * 4 / MB, job.uses_gpu)
 
@@ -98,8 +98,10 @@ def more_training(job: Job) -> Estimate:
     m, train = job.config["memory"], job.config["corpus_lm"]["train"]
     block = job.config["corpus"]["block_size"]
     counts = _memory_params(job, size, m["expansion"])
-    steps = memory.more_training_steps(m["control_budget"], memory.training_flops(counts, m["head"], n_keys, m["epochs"]),
-                                       size["params"], train["batch_size"] * block, m["epochs"], n_keys)
+    budget = memory.imitation_flops(counts, m["head"], n_keys, m["epochs"], size["d"],
+                                    memory.target_search_settings(job.config["knn"], m, planned_kind(job.config)))
+    steps = memory.more_training_steps(m["control_budget"], budget, size["params"], train["batch_size"] * block,
+                                       m["epochs"], n_keys)
     est = training(job, size, {**train, "checkpoints": [steps]}, block, data_tokens=n_keys, steps=steps)
     est.minutes += forward_seconds(size, (valid + test) * window_factor(job.config), job.uses_gpu, job.threads) / 60
     # then an LM pass over the evaluation splits, its training state gone: its logits live
