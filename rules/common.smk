@@ -117,7 +117,9 @@ POINT = knn_point("{model}", "{step}", "{key}")
 
 
 # The corpus datastore is in knn.shards shards (knnlm_limits.shards): each is embedded,
-# indexed and searched by jobs of its own; a merge joins their answers.
+# indexed and searched by jobs of its own; a merge joins their answers. Every shard's path
+# says how many shards there are (SHARDS): another count is other files, whatever the
+# workflow's metadata remembers.
 
 
 def shards(count=None):
@@ -125,10 +127,13 @@ def shards(count=None):
     return list(range(config["knn"]["shards"] if count is None else count))
 
 
+SHARDS = f"{config['knn']['shards']}-shards"
+
+
 def datastore(model, step, key, shard):
     """A shard's files: float16 keys, int32 values, the training positions of its entries
     (read by inspection only) and shard.json (its offset: ids are global)."""
-    base = f"{R}/datastores/{knn_point(model, step, key)}/shard-{shard}"
+    base = f"{R}/datastores/{knn_point(model, step, key)}/{SHARDS}/shard-{shard}"
     return {
         "key_file": f"{base}/keys.npy",
         "value_file": f"{base}/values.npy",
@@ -154,7 +159,7 @@ def trained_index_dir(model, step, key):
 
 def shard_index_dir(model, step, key, shard):
     """A copy of the trained index holding one shard's keys."""
-    return f"{R}/indexes/{knn_point(model, step, key)}/shard-{shard}"
+    return f"{R}/indexes/{knn_point(model, step, key)}/{SHARDS}/shard-{shard}"
 
 
 def shard_search_inputs(model, step, key, shard):
@@ -174,7 +179,7 @@ def lm_pass_file(model, step, key, split):
 
 def shard_answer_dir(model, step, key, shard):
     """One shard's answer to every query of the search (shards.answer_shard)."""
-    return f"{R}/knn/{knn_point(model, step, key)}/shard-{shard}"
+    return f"{R}/knn/{knn_point(model, step, key)}/{SHARDS}/shard-{shard}"
 
 
 def knn_file(model, step, key, evalset):
@@ -185,9 +190,9 @@ def knn_file(model, step, key, evalset):
 def first_shards_file(model, step, key, size, split):
     """The search results of a datastore of the first `size` shards (the datastore-size curve);
     of all shards: the search results themselves."""
-    if int(size) == config["knn"]["shards"]:
+    if size != "{size}" and int(size) == config["knn"]["shards"]:
         return knn_file(model, step, key, split)
-    return f"{R}/knn/{knn_point(model, step, key)}/first-{size}-shards/{split}.npz"
+    return f"{R}/knn/{knn_point(model, step, key)}/{SHARDS}/first-{size}/{split}.npz"
 
 
 def knn_ids_file(model, step, key):
@@ -457,7 +462,7 @@ def kl_queries_dir(model, step, key):
 
 def kl_answer_dir(model, step, key, shard):
     """...and one shard's answer to them, before the merge."""
-    return f"{R}/memory/{knn_point(model, step, key)}/kl_shard-{shard}"
+    return f"{R}/memory/{knn_point(model, step, key)}/{SHARDS}/kl_shard-{shard}"
 
 
 def memory_file(model, step, key, expansion, objective, name):
@@ -582,7 +587,7 @@ def frontier_trained_dir(model, step, key, code):
 def frontier_shard_dir(model, step, key, code, shard, part):
     """...a shard's codes (part 'index': its index, no keys kept) and its answer to the
     evaluated queries (part 'answer')..."""
-    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/shard-{shard}/{part}"
+    return f"{R}/frontier/{knn_point(model, step, key)}/pq{code}/{SHARDS}/shard-{shard}/{part}"
 
 
 def frontier_file(model, step, key, code, split):

@@ -95,8 +95,8 @@ rule knn_merge_first_shards:
             shard_answer_dir(w.model, w.step, w.key, s) for s in shards(int(w.size))
         ],
     output:
-        valid=f"{R}/knn/{POINT}/first-{{size}}-shards/valid.npz",
-        test=f"{R}/knn/{POINT}/first-{{size}}-shards/test.npz",
+        valid=first_shards_file("{model}", "{step}", "{key}", "{size}", "valid"),
+        test=first_shards_file("{model}", "{step}", "{key}", "{size}", "test"),
     log:
         f"{LOGS}/knn/{POINT}/first-{{size}}-shards.log",
     benchmark:

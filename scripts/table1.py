@@ -1,4 +1,3 @@
-import numpy as np
 import pandas as pd
 
 from knnlm_limits import figures, findings, io, knnlm, shards

@@ -21,6 +21,15 @@ def snakemake(*args, check=True, timeout=1800):
     return proc
 
 
+# every job of one corpus kNN-LM point of the tiny DAG: 2 shards, exact search (no index),
+# 2 PQ code sizes, the memory and its alpha-0 control
+ONE_POINT = {"datastore": 2, "knn_queries": 1, "knn_shard_search": 2, "knn_merge": 1, "knn_merge_first_shards": 1,
+             "datastore_scaling": 1, "knnlm_grid": 1, "projection": 1, "table1": 1, "knn_gains": 1,
+             "knn_neighbours": 1, "search_fidelity": 1, "memory_target_queries": 1, "memory_target_shard": 2,
+             "memory_targets": 1, "train_memory": 2, "frontier_trained": 2, "frontier_shard": 4,
+             "frontier_pq": 2, "memory_table": 1}
+
+
 def planned_jobs(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run as {rule: count}."""
     table = output.split("Job stats:")[1].split("\n\n")[0]

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from knnlm_limits import train
 from knnlm_limits.config import previous_checkpoint
 from tests.support import ROOT, planned_jobs, snakemake
+from tests.test_recompute import CHANGES
 
 TINY = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
 # what running the workflow rewrites whatever changed: its own bookkeeping
@@ -61,15 +62,9 @@ def test_previous_checkpoint_is_the_one_before_in_the_list():
 
 
 # Appending step 40 to the corpus LM's [20]: its training from step 20, its kNN-LM point, and
-# Figures 2 and 3, whose base model is the corpus LM's last checkpoint (now step 40).
-CORPUS_APPEND = {
-    "train_corpus_lm": 1,
-    "datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1,
-    "memory_targets": 1, "train_memory": 2, "more_training": 1, "frontier_pq": 2, "memory_table": 1,
-    "train_overspecification": 1, "children_eval": 1, "figure2": 1, "train_chat": 1, "figure3": 1,
-    "findings": 1, "all": 1,
-}
+# Figures 2 and 3, whose base model is the corpus LM's last checkpoint (now step 40)
+CORPUS_APPEND = {**next(e for label, _, e in CHANGES if label.startswith("a checkpoint appended to `corpus_lm")),
+                 "all": 1}
 # what the run may rewrite: the new point's files, Figures 2 and 3 (their base moved to
 # step 40) and the tables over every point
 MOVES_WITH_THE_BASE = ("models/overspecification/", "children/overspecification/", "figure2/", "models/chat/",
@@ -103,29 +98,6 @@ def test_appending_a_corpus_checkpoint_continues_from_the_last_and_leaves_it_alo
     appended, uninterrupted = (load_file(d / "model.safetensors") for d in (finished / target.relative_to(alone), target))
     assert appended.keys() == uninterrupted.keys()
     assert all(torch.equal(appended[k], uninterrupted[k]) for k in appended)  # bitwise, on a CPU
-
-
-def test_inserting_a_checkpoint_recomputes_every_later_one(tiny_runs, tmp_path):
-    """Step 10 before 20: step 20's job now continues from step 10, so it and all it feeds
-    are planned again (they come out the same: the steps do not depend on the checkpoints)."""
-    config = config_file(tmp_path, tiny_runs[0], **with_checkpoints("corpus_lm", [10, 20]))
-    jobs = planned_jobs(snakemake("-n", "--configfile", str(config)).stdout)
-    assert jobs["train_corpus_lm"] == 2 and jobs["table1"] == 2 and jobs["datastore"] == 2
-    assert jobs["train_chat"] == 1 and jobs["figure3"] == 1  # its base, step 20, is rewritten
-
-
-def test_appending_a_chat_checkpoint_plans_only_its_steps(tiny_runs, tmp_path):
-    config = config_file(tmp_path, tiny_runs[0], **with_checkpoints("chat", [10, 20]))
-    jobs = planned_jobs(snakemake("-n", "--configfile", str(config)).stdout)
-    assert jobs == {"train_chat": 1, "figure3": 1, "findings": 1, "all": 1}
-
-
-def test_appending_a_figure1_checkpoint_retrains_its_runs(tiny_runs, tmp_path):
-    """A Macondo run is one job (its checkpoints are minutes apart: a job each would cost more
-    in start-ups than appending saves), so appending reruns each run and its evaluation."""
-    config = config_file(tmp_path, tiny_runs[0], **with_checkpoints("memorization", [0, 4, 10, 20]))
-    jobs = planned_jobs(snakemake("-n", "--configfile", str(config)).stdout)
-    assert jobs == {"train_memorization": 2, "children_eval": 2, "figure1": 1, "findings": 1, "all": 1}
 
 
 def test_continuing_needs_the_checkpoints_optimizer_state_of_its_step(tmp_path):

@@ -55,6 +55,10 @@ def test_partial_section_keeps_given_values():
         ({"memory": {"frontier_pq": [48]}}, "memory.frontier_pq"),
         ({"memory": {"head": "shared"}}, "memory.head"),
         ({"memory": {"alpha": 1.5}}, "memory.alpha"),
+        ({"knn": {"shards": 0}}, "knn.shards"),
+        ({"knn": {"shards": 2, "datastore_sizes": [1, 3]}}, "knn.datastore_sizes"),
+        # the index is chosen while planning: the datastore's size must be bounded
+        ({"corpus": {"max_train_tokens": None}}, "corpus.expected_tokens.train"),
     ],
 )
 def test_bad_config_names_the_key(config, key):
@@ -139,7 +143,7 @@ def test_local_model_with_another_tokenizer_is_refused_at_planning(small_tokeniz
 
 SHIPPED = ["config.yaml", "config/paper.yaml", "config/paper-sweep.yaml", "config/pretrained.yaml",
            "config/rehearsal.yaml", "config/sweep.yaml", "config/wikitext2-local.yaml", ".tests/config.yaml",
-           ".tests/wikitext2.yaml"]
+           ".tests/wikitext2.yaml", "config/plan-1b.yaml"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

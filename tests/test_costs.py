@@ -35,19 +35,24 @@ def test_ivf_shape_matches_faiss(factory, dim):
 
 def test_estimates_grow_with_the_data_and_not_otherwise():
     """4x the training tokens: 4x the datastore's disk, its memory by exactly the measured
-    per-token cost; the evaluation jobs do not change."""
-    small, big = (plan.merged_config([], [f"corpus={{max_train_tokens: {n}}}"]) for n in (100_000, 400_000))
-    w = {"model": "corpus_lm/4x128", "step": "150"}
+    per-token cost; the evaluation jobs do not change. In N shards, a shard's job costs its
+    share (give or take a batch of windows)."""
+    small, big = (plan.merged_config([], [f"corpus={{max_train_tokens: {n}}}", "knn={shards: 1}"])
+                  for n in (100_000, 400_000))
+    w = {"model": "corpus_lm/4x128", "step": "150", "shard": "0"}
     a, b = (costs.estimate("datastore", c, w) for c in (small, big))
     assert b.disk_mb == pytest.approx(4 * a.disk_mb)
     per_token = costs.table()["measured"]["datastore_bytes_per_token"]
     assert (b.mem_mb - a.mem_mb) * 1e6 == pytest.approx(300_000 * per_token)
     assert costs.estimate("knnlm_grid", small, w).mem_mb == costs.estimate("knnlm_grid", big, w).mem_mb
+    in_four = plan.merged_config([], ["corpus={max_train_tokens: 400000}", "knn={shards: 4, batch_tokens: 1000}"])
+    shard = costs.estimate("datastore", in_four, w)
+    assert shard.disk_mb == pytest.approx(b.disk_mb * (100_000 + 1000) / 400_000)
 
 
 def test_unknown_sizes_request_the_caps():
-    config = validate({"corpus": {"max_train_tokens": None}})
-    est = costs.estimate("corpus_tokens", config, {"split": "train"})
+    config = validate({"corpus": {"eval_tokens": {"valid": 4096, "test": None}}})
+    est = costs.estimate("corpus_tokens", config, {"split": "test"})
     assert not est.known
     assert costs.request(est, config["resources"]["small"]) == {"mem_mb": 4000, "runtime": 60}
     assert costs.split_tokens(validate({"corpus": {"max_train_tokens": None, "expected_tokens": {"train": 7}}}),
@@ -86,7 +91,8 @@ def test_paper_plan_fits_its_requests_and_partitions(configs, capsys, tmp_path):
     assert (rows.est_mem_mb <= rows.req_mem_mb).all() and (rows.est_minutes <= rows.req_minutes).all()
     assert rows.req_minutes.max() <= 48 * 60 and rows["flags"].isna().all()
     by_rule = rows.groupby("rule")
-    assert set(by_rule.get_group("knn_search").partition) == {"cpu"} and (by_rule.get_group("knn_search").gpus == 0).all()
+    searches = by_rule.get_group("knn_shard_search")
+    assert set(searches.partition) == {"cpu"} and (searches.gpus == 0).all()
     for rule in ("train_corpus_lm", "train_chat", "datastore"):
         assert set(by_rule.get_group(rule).partition) == {"gpu"}
 

@@ -1,7 +1,6 @@
 """Datastores and search: every scored position once, exact search equal to FAISS Flat,
 the per-datastore choice of exact or approximate search, exact re-ranking."""
 
-import json
 
 import faiss
 import numpy as np

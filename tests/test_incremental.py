@@ -26,37 +26,28 @@ def test_nothing_changed_plans_nothing(tiny_runs, tmp_path):
     assert plan(tiny_runs[0], tmp_path) == {}
 
 
-def test_lambda_reruns_only_interpolation_and_downstream(tiny_runs, tmp_path):
-    jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "lambda": 0.5}})
-    # the figures apply (lambda, T) to the stored neighbours: no model runs again
-    assert set(jobs) == {"projection", "table1", "knn_gains", "knn_neighbours", "search_fidelity", "figure1", "figure2",
-                         "memory_table", "findings", "all"}
-
-
 def test_exact_index_kind_reruns_index_and_search_not_embedding(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"knn": {**TINY["knn"], "exact_index": "Flat"}})
     # Macondo's small datastores are searched inside their run's evaluation job (one per run,
     # with a kNN-LM: memorization full seed 0, overspecification seed 0)
-    # the memory's kNN targets, its training (it reads the search's queries and times the search)
-    # and the frontier's searches read the index or the search; the more-trained LM neither
-    assert jobs == {"index": 1, "knn_search": 1, "children_eval": 2, "knnlm_grid": 1,
+    # a Flat index now: trained (nothing to learn) and filled per shard; each shard searched
+    # through it, the merges and what reads them; the memory's targets (its queries are the
+    # same entries' keys) and its training (it times the search); not the LM pass, the
+    # frontier's own PQ datastores or the more-trained LM
+    assert jobs == {"index_trained": 1, "index_shard": 2, "knn_shard_search": 2, "knn_merge": 1,
+                    "knn_merge_first_shards": 1, "datastore_scaling": 1, "children_eval": 2, "knnlm_grid": 1,
                     "projection": 1, "table1": 1, "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1,
-                    "memory_targets": 1, "train_memory": 2, "frontier_pq": 2, "memory_table": 1,
+                    "memory_target_shard": 2, "memory_targets": 1, "train_memory": 2, "memory_table": 1,
                     "figure1": 1, "figure2": 1, "findings": 1, "all": 1}
-
-
-def test_adding_a_seed_adds_only_that_seeds_jobs(tiny_runs, tmp_path):
-    mem = {**TINY["memorization"], "seeds": [0, 1]}
-    jobs = plan(tiny_runs[0], tmp_path, {"memorization": mem})
-    # full and no_last_mlp of seed 1: a training and an evaluation job each
-    assert jobs == {"train_memorization": 2, "children_eval": 2, "figure1": 1, "findings": 1, "all": 1}
 
 
 def test_stride_reruns_the_corpus_evaluation_not_training(tiny_runs, tmp_path):
     jobs = plan(tiny_runs[0], tmp_path, {"corpus": {**TINY["corpus"], "stride": 32}})
-    assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "memory_targets": 1, "train_memory": 2,
-                    "more_training": 1, "frontier_pq": 2, "memory_table": 1, "findings": 1, "all": 1}
+    assert jobs == {"datastore": 2, "knn_queries": 1, "knn_shard_search": 2, "knn_merge": 1, "knn_merge_first_shards": 1,
+                    "datastore_scaling": 1, "knnlm_grid": 1, "projection": 1, "table1": 1, "knn_gains": 1,
+                    "knn_neighbours": 1, "search_fidelity": 1, "memory_target_queries": 1, "memory_target_shard": 2,
+                    "memory_targets": 1, "train_memory": 2, "more_training": 1, "frontier_trained": 2,
+                    "frontier_shard": 4, "frontier_pq": 2, "memory_table": 1, "findings": 1, "all": 1}
 
 
 def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
@@ -72,9 +63,3 @@ def test_editing_one_script_reruns_its_rule(tiny_runs, tmp_path):
     # the grid, and what reads it (the tuned setting of table1 and the memory table; the
     # projection reads it only when tuned)
     assert set(jobs) == {"knnlm_grid", "table1", "memory_table", "findings", "all"}
-
-
-def test_memory_alpha_reruns_the_imitating_memories_not_the_control(tiny_runs, tmp_path):
-    jobs = plan(tiny_runs[0], tmp_path, {"memory": {**TINY["memory"], "alpha": 0.7}})
-    # Figure 2's runs train a memory too (at alpha): their evaluation jobs rerun
-    assert jobs == {"train_memory": 1, "memory_table": 1, "children_eval": 1, "figure2": 1, "findings": 1, "all": 1}

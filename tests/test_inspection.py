@@ -112,7 +112,6 @@ def test_neighbours_catch_positions_that_do_not_match_the_values(small_tokenizer
 
 def test_fidelity_compares_the_index_with_brute_force(tmp_path):
     from knnlm_limits import findings, index
-    from knnlm_limits.tokens import windows
 
     rng = np.random.default_rng(0)
     keys = rng.normal(size=(3000, 16)).astype(np.float16)

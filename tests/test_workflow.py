@@ -16,19 +16,25 @@ from tests.support import ROOT, SHARED_WIKITEXT, planned_jobs, snakemake
 def test_dry_run_plans_the_default_dag(tmp_path):
     proc = snakemake("-n", "--config", f"results={tmp_path}/results")
     jobs = planned_jobs(proc.stdout)
-    expected = {"corpus", "tokenizer", "macondo", "train_corpus_lm", "train_memorization", "datastore", "index",
-                "knn_search", "projection", "table1", "figure1", "figure2", "figure3", "findings"}
+    expected = {"corpus", "tokenizer", "macondo", "train_corpus_lm", "train_memorization", "datastore", "knn_queries",
+                "knn_shard_search", "knn_merge", "projection", "table1", "datastore_scaling", "figure1", "figure2",
+                "figure3", "findings"}
     assert expected <= set(jobs)
     # one evaluation job per Macondo run: 2 variants x 2 seeds (Figure 1), 2 seeds (Figure 2)
     assert jobs["train_memorization"] == 4 and jobs["train_overspecification"] == 2
-    assert jobs["children_eval"] == 4 + 2 and jobs["knn_search"] == 1
+    assert jobs["children_eval"] == 4 + 2 and jobs["knn_merge"] == 1
+    # two shards: a datastore and a search job each; exact search, so no index job
+    assert jobs["datastore"] == jobs["knn_shard_search"] == 2 and "index_shard" not in jobs
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("configs, expected", [
     (["config/paper.yaml"], {"train_memorization": 10, "children_eval": 15, "train_overspecification": 5,
-                             "import_pretrained": 2, "knn_search": 1}),
-    (["config/pretrained.yaml"], {"import_pretrained": 1, "knn_search": 1, "projection": 1}),
+                             "import_pretrained": 2, "knn_merge": 1, "index_trained": 1, "index_shard": 16,
+                             "knn_shard_search": 16, "knn_merge_first_shards": 4}),
+    (["config/pretrained.yaml"], {"import_pretrained": 1, "knn_merge": 1, "projection": 1, "index_shard": None}),
+    (["config/plan-1b.yaml"], {"datastore": 64, "index_shard": 64, "knn_shard_search": 64, "knn_merge": 1,
+                               "knn_merge_first_shards": 6}),
     (["config/wikitext2-local.yaml", "config/sweep.yaml"], {"train_corpus_lm": 6, "table1": 6, "train_memorization": 20}),
     (["config/paper.yaml", "config/paper-sweep.yaml"], {"train_corpus_lm": 6, "table1": 6, "train_memorization": 20}),
     (["config/rehearsal.yaml"], {"import_pretrained": 3, "table1": 3, "train_memorization": 8}),
@@ -150,51 +156,9 @@ def test_table1_findings_recomputed_from_the_stage_inputs(tiny_runs):
     assert found.loc["knnlm_beats_lm"].measured == pytest.approx(diff, rel=1e-9)
 
 
-# ---------------------------------------------------------------- adding a scale point
+# ---------------------------------------------------------------- keys
 
 TINY = yaml.safe_load((ROOT / ".tests/config.yaml").read_text())
-
-
-def test_adding_a_corpus_lm_width_plans_only_that_points_jobs(tiny_runs, tmp_path):
-    config = {**TINY, "results": str(tiny_runs[0])}
-    config["corpus_lm"] = {**TINY["corpus_lm"], "shapes": [*TINY["corpus_lm"]["shapes"],
-                                                        {"name": "wider", "n_layer": 2, "n_embd": 64, "n_head": 2}]}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-    assert jobs == {"train_corpus_lm": 1, "datastore": 1, "index": 1, "knn_search": 1, "knn_gains": 1,
-                    "knn_neighbours": 1, "search_fidelity": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "memory_targets": 1, "train_memory": 2, "more_training": 1, "frontier_pq": 2, "memory_table": 1,
-                    "findings": 1, "all": 1}
-
-
-def test_adding_a_key_plans_only_that_keys_jobs(tiny_runs, tmp_path):
-    config = {**TINY, "results": str(tiny_runs[0]), "knn": {**TINY.get("knn", {}), "keys": ["mlp_input", "enc"]}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-    # the more-trained LM belongs to the scale point, not to a key: it is not planned again
-    assert jobs == {"datastore": 1, "index": 1, "knn_search": 1, "knnlm_grid": 1, "projection": 1, "table1": 1,
-                    "knn_gains": 1, "knn_neighbours": 1, "search_fidelity": 1, "memory_targets": 1, "train_memory": 2,
-                    "frontier_pq": 2, "memory_table": 1, "findings": 1, "all": 1}
-
-
-def _plan_with(tiny_runs, tmp_path, memory):
-    config = {**TINY, "results": str(tiny_runs[0]), "memory": {**TINY["memory"], **memory}}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return planned_jobs(snakemake("-n", "--configfile", str(path)).stdout)
-
-
-def test_adding_a_memory_size_plans_only_that_memory(tiny_runs, tmp_path):
-    assert _plan_with(tiny_runs, tmp_path, {"sizes": [2]}) == {"train_memory": 1, "memory_table": 1, "findings": 1,
-                                                               "all": 1}
-
-
-def test_adding_a_code_size_plans_only_that_datastore(tiny_runs, tmp_path):
-    codes = [*TINY["memory"]["frontier_pq"], 2]
-    assert _plan_with(tiny_runs, tmp_path, {"frontier_pq": codes}) == {"frontier_pq": 1, "memory_table": 1,
-                                                                       "findings": 1, "all": 1}
 
 
 def test_memory_numbers_recomputed_from_the_stage_csvs(tiny_runs):
@@ -269,7 +233,11 @@ def test_rehearsal_runs_every_paper_scale_path(rehearsal):
     for point in points:
         table = pd.read_csv(rehearsal / "table1" / point / "table1.csv")
         assert table.setting.item() == "tuned"
-        assert json.loads((rehearsal / "indexes" / point / "index.json").read_text())["kind"] == "IVF32,PQ8"
+        # one trained index, a copy of it a shard
+        assert json.loads((rehearsal / "indexes" / point / "trained/index.json").read_text())["kind"] == "IVF32,PQ8"
+        shard_keys = [json.loads((rehearsal / "indexes" / point / f"3-shards/shard-{s}/index.json").read_text())["keys"]
+                      for s in range(3)]
+        assert sum(shard_keys) == table.datastore_size.item() and min(shard_keys) > 0
     assert pd.read_csv(rehearsal / "table1" / points[2] / "table1.csv").architecture.item() == "llama"
     for shape in ("gpt2-2x32", "llama-2x32"):
         rows = pd.read_csv(rehearsal / "figure1" / shape / "children.csv")
@@ -277,7 +245,7 @@ def test_rehearsal_runs_every_paper_scale_path(rehearsal):
     assert "in the model's chat template" in (rehearsal / "logs/chat_tokens.log").read_text()
     chat = json.loads((rehearsal / "models/chat/step-10/config.json").read_text())
     assert chat["model_type"] == "qwen2" and chat["dtype"] == "float32"  # fine-tuned in float32 from bf16
-    assert "resuming" not in (rehearsal / "logs/train/corpus_lm/gpt2-2x64.log").read_text()
+    assert "resuming" not in (rehearsal / "logs/train/corpus_lm/gpt2-2x64/step-20.log").read_text()
     # every point's search is approximate: its sampled queries were searched exactly too
     found = pd.read_csv(rehearsal / "findings.csv")
     fidelity = found[found.finding == "approximate_search_lowers_perplexity"]
@@ -288,7 +256,8 @@ def test_rehearsal_runs_every_paper_scale_path(rehearsal):
     # the memory at every point: kNN targets through the approximate index, a GPT-2 and a Llama
     # key, a second size, the frontier's IVF-PQ datastore; the control only where the LM was trained here
     for point in points:
-        assert "(IVF32,PQ8)" in (rehearsal / "logs/memory" / point / "kl_targets.log").read_text()
+        for shard in range(3):  # the targets' search through each shard's index
+            assert "(IVF32,PQ8)" in (rehearsal / "logs/memory" / point / f"kl_shard-{shard}.log").read_text()
         memory = pd.read_csv(rehearsal / "table1" / point / "memory.csv")
         assert {"LM + memory x4-imitation", "LM + memory x4-values", "LM + memory x1-imitation",
                 "kNN-LM, PQ8 codes"} <= set(memory.component)

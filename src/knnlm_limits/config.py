@@ -147,7 +147,19 @@ def validate(config: dict, schema=SCHEMA, base_dir=None) -> dict:
     base_dir = Path(base_dir) if base_dir else Path.cwd()
     check_model_paths(config, base_dir)
     check_local_models(config, base_dir)
+    check_index_bound(config)
     return config
+
+
+def check_index_bound(config: dict) -> None:
+    """The corpus datastore's index is chosen while planning (index.planned_kind): the config
+    must bound the datastore's size."""
+    from .index import IndexConfigError, planned_kind
+
+    try:
+        planned_kind(config)
+    except IndexConfigError as err:
+        raise ConfigError(f"invalid config key 'corpus.expected_tokens.train': {err}") from None
 
 
 def check_semantics(config: dict) -> None:
@@ -181,12 +193,6 @@ def check_semantics(config: dict) -> None:
     if any(s > config["knn"]["shards"] for s in sizes):
         raise ConfigError(f"invalid config key 'knn.datastore_sizes': {sizes} counts shards, at most knn.shards "
                           f"({config['knn']['shards']})")
-    from .index import IndexConfigError, planned_kind
-
-    try:
-        planned_kind(config)
-    except IndexConfigError as err:
-        raise ConfigError(str(err)) from None
     stride = config["corpus"]["stride"]
     if stride is not None and stride > config["corpus"]["block_size"]:
         raise ConfigError(f"invalid config key 'corpus.stride': {stride} is more than corpus.block_size "

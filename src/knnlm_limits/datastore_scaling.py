@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .knnlm import SearchResults, grid, knnlm_logprob, perplexity, tuned_setting
+from .knnlm import SearchResults, grid, knnlm_logprob, tuned_setting
 from .stats import bootstrap_ci
 
 COLUMNS = ["shards", "of_shards", "entries", "lambda", "temperature", "valid_ppl_tuned", "test_ppl_fixed",

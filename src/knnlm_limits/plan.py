@@ -17,6 +17,12 @@ the totals (disk written, GPU-hours, CPU-hours) and every flag:
   up to more than the partition's time limit;
 - ``unknown``: a size the config does not give (set ``corpus.expected_tokens``).
 
+Then what a cluster's calendar needs, from the DAG's own dependencies (each job's inputs
+that another job writes): the critical path, the chain of dependent jobs whose estimated
+times add up to the most (no cluster finishes sooner), and the widest set of jobs running at
+once when every job starts as soon as its inputs exist, with what they need together (GPUs,
+threads, memory).
+
 Exit status 1 if any job is flagged, so a script can refuse to submit.
 
 ``measured(jobs)`` sets each job's request beside what a finished run of it used (its
@@ -56,6 +62,8 @@ class Job:
     benchmark: str | None = None
     estimate: dict | None = None  # costs.record's row of this job
     flags: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
     def r(self, name: str, default=0):
         value = self.resources.get(name, default)
@@ -96,7 +104,9 @@ def parse_dry_run(text: str) -> list[Job]:
         if current is None:
             continue
         key, _, value = line.strip().partition(": ")
-        if key == "wildcards":
+        if key in ("input", "output"):
+            getattr(current, f"{key}s").extend(value.split(", "))
+        elif key == "wildcards":
             current.wildcards = value
         elif key == "benchmark":
             current.benchmark = value
@@ -209,6 +219,71 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dependencies(jobs: list[Job]) -> list[list[int]]:
+    """For each job, the indices of the jobs that write its inputs."""
+    writer = {path: i for i, job in enumerate(jobs) for path in job.outputs}
+    return [sorted({writer[path] for path in job.inputs if path in writer} - {i}) for i, job in enumerate(jobs)]
+
+
+def schedule(jobs: list[Job]) -> list[tuple[float, float]]:
+    """(start, end) minutes of each job when every job starts as soon as the jobs writing its
+    inputs end (nodes without limit); unknown estimates count 0."""
+    deps = dependencies(jobs)
+    times: dict[int, tuple[float, float]] = {}
+
+    def of(i: int) -> tuple[float, float]:
+        if i not in times:
+            start = max((of(d)[1] for d in deps[i]), default=0.0)
+            times[i] = (start, start + (jobs[i].estimate["minutes"] if jobs[i].known else 0.0))
+        return times[i]
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(jobs) + 100))
+    return [of(i) for i in range(len(jobs))]
+
+
+def critical_path(jobs: list[Job]) -> list[int]:
+    """The chain of dependent jobs whose estimated times add up to the most, first job first."""
+    if not jobs:
+        return []
+    deps, times = dependencies(jobs), schedule(jobs)
+    path = [max(range(len(jobs)), key=lambda i: times[i][1])]
+    while deps[path[-1]]:
+        path.append(max(deps[path[-1]], key=lambda d: times[d][1]))
+    return path[::-1]
+
+
+def widest(jobs: list[Job]) -> tuple[float, list[int]]:
+    """(the minute, the jobs running then) where the as-soon-as-possible schedule runs the most
+    jobs at once."""
+    times = schedule(jobs)
+    best: tuple[float, list[int]] = (0.0, [])
+    for t in sorted({start for start, end in times if end > start}):
+        running = [i for i, (start, end) in enumerate(times) if start <= t < end]
+        if len(running) > len(best[1]):
+            best = (t, running)
+    return best
+
+
+def calendar(jobs: list[Job]) -> str:
+    """The critical path and the widest set of jobs at once, as the plan prints them."""
+    path, times = critical_path(jobs), schedule(jobs)
+    lines = [f"critical path: {_hours(times[path[-1]][1]) if path else '0 min'} over {len(path)} dependent jobs "
+             "(no cluster finishes sooner)"]
+    for i in path:
+        job = jobs[i]
+        lines.append(f"  {_hours(times[i][0]):>8} +{_hours(job.est('minutes') or 0):>8}  {job.rule} {job.wildcards}".rstrip())
+    at, running = widest(jobs)
+    need = [jobs[i] for i in running]
+    lines.append(f"widest: {len(need)} jobs at once (from {_hours(at)}, every job started as soon as its inputs exist):"
+                 f" {sum(j.r('gpu') for j in need)} GPUs, {sum(j.threads for j in need)} threads, "
+                 f"{_gb(sum(j.r('mem_mb') for j in need))} memory requested together")
+    by_rule = defaultdict(int)
+    for j in need:
+        by_rule[j.rule] += 1
+    lines.append("  " + ", ".join(f"{rule} x{n}" for rule, n in sorted(by_rule.items())))
+    return "\n".join(lines)
+
+
 def planned_jobs(configfiles: list[str], overrides: list[str], rest: list[str] = ()) -> list[Job]:
     """Every job of the config's whole DAG (a forced dry run), with its estimate; the dry
     run's printout on failure as a RuntimeError."""
@@ -267,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     check(jobs, merged_config(args.configfile, args.config))
     rows = table(jobs)
     print(report(rows))
+    print()
+    print(calendar(jobs))
     if args.csv:
         import pandas as pd
 
