@@ -28,7 +28,7 @@ LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
 ENV = "../envs/knnlm.yaml"
 # what a name in a path may hold (shape names, imported model folders)
-NAME_CHARS = r"A-Za-z0-9_.=+-"
+NAME_CHARS = knnlm_config.NAME_CHARS
 NAME = f"[{NAME_CHARS}]+"
 CORPUS_MODEL = f"corpus_lm/{NAME}|pretrained/{NAME}"
 
@@ -233,9 +233,7 @@ T1 = table1_dir("{model}", "{step}", "{key}")
 # ---------------------------------------------------------------- imported models
 
 
-def slug(name):
-    """A hub id or path as a folder name: 'openai-community/gpt2' -> 'openai-community--gpt2'."""
-    return re.sub(f"[^{NAME_CHARS}]+", "--", str(name)).strip("-.") or "model"
+slug = knnlm_config.folder_name
 
 
 def imported_models():

@@ -36,15 +36,27 @@ def config_file(tmp_path, results, **knn):
     return path
 
 
+# what the kNN path writes: a copy of the finished DAG without them is run again with other shards
+KNN_OUTPUTS = ("datastores", "indexes", "knn", "memory", "frontier", "table1", "findings.csv", "findings.md",
+               "findings_by_scale.csv", "findings_by_scale.png", "perplexity_by_key.csv", "perplexity_by_key.png",
+               "perplexity_by_key.pdf")
+
+
 @pytest.fixture(scope="module")
 def resharded(tiny_runs, tmp_path_factory):
-    """The finished tiny DAG (2 shards) copied and run again with 1 shard, and with 3 (their
-    curve at 1 and 3 shards); each with the dry run's plan before it."""
+    """The finished tiny DAG (2 shards) copied, its kNN path's outputs removed, and run again
+    with 1 shard and with 3 (their curve at 1 and 3 shards), the dry run's plan before each.
+    (A copy: Snakemake's record of the original's inputs stays with the original's paths, and
+    an output whose recorded inputs changed is what a change of knn.shards reruns in place:
+    tests/test_recompute.py.)"""
     out = {2: {"results": tiny_runs[0], "planned": {}}}
     for n, sizes in ((1, None), (3, [1, 3])):
         folder = tmp_path_factory.mktemp(f"shards-{n}")
         results = folder / "results"
         shutil.copytree(tiny_runs[0], results, symlinks=True)
+        for name in KNN_OUTPUTS:
+            path = results / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)  # no index: exact search
         config = config_file(folder, results, shards=n, datastore_sizes=sizes)
         planned = planned_jobs(snakemake("-n", "--configfile", str(config)).stdout)
         snakemake("--cores", "2", "--configfile", str(config))
@@ -52,12 +64,11 @@ def resharded(tiny_runs, tmp_path_factory):
     return out
 
 
-def test_changing_the_shard_count_plans_the_knn_path_from_the_datastore_on(resharded):
+def test_the_knn_path_of_another_shard_count_is_its_own_jobs(resharded):
     for n in (1, 3):
         planned = resharded[n]["planned"]
         assert set(planned) <= KNN_PATH, set(planned) - KNN_PATH  # no training, no corpus, no Figure 1-3
         assert planned["datastore"] == n and planned["knn_shard_search"] == n and planned["memory_target_shard"] == n
-        assert "more_training" in planned  # its budget counts the targets' search in every shard
 
 
 def test_results_are_the_same_whatever_the_shard_count(resharded):
@@ -160,14 +171,21 @@ def test_adding_a_size_to_the_curve_plans_only_its_merge_and_what_reads_it(resha
 
 
 def test_a_failed_shard_reruns_alone(resharded, tmp_path):
-    """A shard's search job lost (as a failed job's outputs are): only it and what reads the
-    shards' answers run again, not the other shards' searches."""
+    """A run in which shard 1's search failed: its answer missing (Snakemake deletes a failed
+    job's outputs), and nothing after it run (the merge and what reads it). Planned again: that
+    shard's search alone (not the others', whose answers stand), the merge and what follows."""
     run = resharded[3]
     results = tmp_path / "results"
     shutil.copytree(run["results"], results, symlinks=True)
-    shutil.rmtree(results / "knn" / POINT / "3-shards" / "shard-1")
+    knn = results / "knn" / POINT
+    shutil.rmtree(knn / "3-shards" / "shard-1")
+    for name in ("valid.npz", "test.npz", "test_ids.npy", "test_exact_sample.npz"):
+        (knn / name).unlink()
+    for name in ("table1", "findings.csv", "findings.md"):
+        shutil.rmtree(results / name) if (results / name).is_dir() else (results / name).unlink()
     config = config_file(tmp_path, results, shards=3, datastore_sizes=[1, 3])
     planned = planned_jobs(snakemake("-n", "--configfile", str(config)).stdout)
-    assert planned["knn_shard_search"] == 1 and "datastore" not in planned and "memory_target_shard" not in planned
-    # the whole datastore's merge reads shard 1; the first shard's alone does not
-    assert "knn_merge" in planned and "knn_merge_first_shards" not in planned
+    assert planned["knn_shard_search"] == 1 and planned["knn_merge"] == 1
+    assert not {"datastore", "knn_queries", "memory_target_shard", "frontier_shard"} & set(planned)
+    # the first shard's merge reads shard 0 only: it stands
+    assert "knn_merge_first_shards" not in planned

@@ -273,6 +273,16 @@ def model_settings(config: dict) -> list[ModelSetting]:
     return named
 
 
+NAME_CHARS = r"A-Za-z0-9_.=+-"  # what a name in a results path may hold (shape names, imported models' folders)
+
+
+def folder_name(name: str) -> str:
+    """A hub id or path as a folder name: 'openai-community/gpt2' -> 'openai-community--gpt2'."""
+    import re
+
+    return re.sub(f"[^{NAME_CHARS}]+", "--", str(name)).strip("-.") or "model"
+
+
 def imported_models(config: dict) -> dict[str, ModelSetting]:
     """{hub id or local folder: the first setting naming it} of every model imported with
     from_pretrained (every model setting but the tokenizer's)."""

@@ -141,10 +141,16 @@ class Job:
                           self.base_dir)
 
     def corpus_model_size(self) -> dict | None:
-        """The size of the corpus LM of a scale point (wildcard model), or of an imported model (source)."""
+        """The size of the corpus LM of a scale point (wildcard model: a shape trained here, or
+        an imported model's folder, pretrained/<its folder name>), or of an imported model (source)."""
+        from ..config import folder_name
+
         model = self.wildcards.get("model", "")
         if model.startswith("corpus_lm/"):
             return self.shape("corpus_lm", model.split("/", 1)[1])
+        if model.startswith("pretrained/") and not self.wildcards.get("source"):
+            named = {f"pretrained/{folder_name(n)}": n for n in self.config["corpus_lm"]["pretrained"]}
+            model = named.get(model, model)
         return named_model_size(self.config, self.wildcards.get("source") or model, self.base_dir)
 
     def named_size(self, name: str) -> dict | None:
