@@ -118,6 +118,7 @@ MinJobAge=300
 ReturnToService=2
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 StateSaveLocation=$dir/ctld
 SlurmdSpoolDir=$dir/slurmd
