@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from knnlm_limits import index, io, knnlm, model
+from knnlm_limits.shards import ShardedRows
 from knnlm_limits.figures import plt
 from knnlm_limits.tokens import load_stream, windows
 
@@ -33,11 +34,14 @@ NPROBES = [1, 8, 32]
 
 
 def first_point(results: Path, key: str):
-    """(model folder, datastore folder) of the run's first corpus LM (its key's, `key`)."""
+    """(model folder, its datastore's shard folders in order) of the run's first corpus LM (its
+    key's, `key`)."""
     for model_dir in sorted((results / "models" / "corpus_lm").glob("*/step-*")):
         rel = model_dir.relative_to(results / "models")
-        if (results / "datastores" / rel / key / "keys.npy").is_file():
-            return model_dir, results / "datastores" / rel / key
+        for sharding in sorted((results / "datastores" / rel / key).glob("*-shards")):
+            shards = sorted(sharding.glob("shard-*"), key=lambda f: int(f.name.split("-")[1]))
+            if shards and all((f / "keys.npy").is_file() for f in shards):
+                return model_dir, shards
     raise SystemExit(f"no corpus LM datastore under {results}: run the workflow first")
 
 
@@ -59,14 +63,17 @@ def main():
     block, stride = cfg["corpus"]["block_size"], cfg["corpus"].get("stride")
 
     key = cfg["knn"]["keys"][0]
-    model_dir, store = first_point(args.results, key)
+    model_dir, shards = first_point(args.results, key)
     lm = model.load_lm(str(model_dir))
     test = windows(load_stream(args.results / "data/tokens/corpus_test.npz"), block, stride)
     found, queries = knnlm.lm_and_queries(lm, test, key)
     n = min(args.queries, len(found))
     queries = queries[:n]
-    keys_file, values = store / "keys.npy", np.load(store / "values.npy", mmap_mode="r")
-    print(f"{model_dir.relative_to(args.results)}: {np.load(keys_file, mmap_mode='r').shape} keys, {n} queries, k = {k}")
+    # the datastore whole: its shards' files read as one (ids are global)
+    keys_file = [f / "keys.npy" for f in shards]
+    values = np.asarray(ShardedRows([f / "values.npy" for f in shards]))
+    print(f"{model_dir.relative_to(args.results)}: {ShardedRows(keys_file).shape} keys in {len(shards)} shards, "
+          f"{n} queries, k = {k}")
 
     def measure(name, nprobe, rerank_exact, search):
         t0 = time.perf_counter()

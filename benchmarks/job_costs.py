@@ -1,7 +1,8 @@
 """Per-unit costs of the corpus path's jobs, measured at three corpus sizes.
 
 Runs Table 1's chain (corpus -> tokenizer -> tokens -> corpus LM -> datastore ->
-IVF index -> search -> grid / projection / table1) on synthetic corpora whose
+IVF index -> LM pass -> search -> merge -> grid / projection / table1; one shard, so that each
+rule is one job) on synthetic corpora whose
 training and evaluation splits grow by `--factor` (default 4x, so the ends are
 16x apart), one job at a time,
 and reads each job's peak RSS and wall time from Snakemake's benchmark files.
@@ -56,7 +57,7 @@ def config_for(results: Path, train_tokens: int, eval_tokens: int, search: str =
         "tokenizer": {"vocab_size": VOCAB},
         # by default the paper's path for a big datastore (IVF, approximate): exact search over
         # the largest size would cost minutes of BLAS that measure nothing about memory
-        "knn": knn,
+        "knn": {**knn, "shards": 1},
         "corpus_lm": {"shapes": [SHAPE], "train": {"checkpoints": [10], "batch_size": 16}},
         "table1": {"projection": {"tokens": 64, "steps": 20, "lbfgs_steps": 20, "batch": 64}},
     }
@@ -88,7 +89,9 @@ def rule_of(rel: str) -> str:
     """The rule of a benchmark file, from its path under results/benchmarks/."""
     for pattern, rule in ((r"^corpus\.tsv$", "corpus"), (r"^tokenizer\.tsv$", "tokenizer"),
                           (r"^corpus_tokens/(\w+)\.tsv$", r"corpus_tokens_\1"), (r"^train/corpus_lm/", "train_corpus_lm"),
-                          (r"^datastore/", "datastore"), (r"^index/", "index"), (r"^knn/", "knn_search"),
+                          (r"^datastore/", "datastore"), (r"^index/.*/trained\.tsv$", "index_trained"),
+                          (r"^index/.*/shard-\d+\.tsv$", "index_shard"), (r"^knn/.*/queries\.tsv$", "knn_queries"),
+                          (r"^knn/.*/shard-\d+\.tsv$", "knn_shard_search"), (r"^knn/.*/merge\.tsv$", "knn_merge"),
                           (r"/grid\.tsv$", "knnlm_grid"), (r"/projection\.tsv$", "projection"), (r"/table1\.tsv$", "table1")):
         if re.search(pattern, rel):
             return re.sub(pattern, rule, rel) if "\\1" in rule else rule
@@ -102,8 +105,10 @@ UNITS = {
     "corpus_tokens_train": ("training token", lambda r: r["tokens"]["train"]),
     "train_corpus_lm": ("training token", lambda r: r["tokens"]["train"]),
     "datastore": ("training token", lambda r: r["tokens"]["train"]),
-    "index": ("training token", lambda r: r["tokens"]["train"]),
-    "knn_search": ("evaluated position", lambda r: r["positions"]),
+    "index_shard": ("training token", lambda r: r["tokens"]["train"]),
+    "knn_queries": ("evaluated position", lambda r: r["positions"]),
+    "knn_shard_search": ("evaluated position", lambda r: r["positions"]),
+    "knn_merge": ("evaluated position", lambda r: r["positions"]),
     "knnlm_grid": ("evaluated position", lambda r: r["positions"]),
     "projection": ("evaluated position", lambda r: r["positions"]),
     "table1": ("evaluated position", lambda r: r["positions"]),
@@ -133,7 +138,7 @@ def fit_exact_search(runs: list[dict]) -> float:
         n_keys = r["tokens"]["train"]
         k = min(K, n_keys)
         block = exact_block_rows(n_keys, k, d) * d * 4
-        rss = r["jobs"]["knn_search"][0] * 2**20
+        rss = r["jobs"]["knn_shard_search"][0] * 2**20
         rest.append(rss - block - r["biggest"] * (8 * k + 4 * d))
         cells.append(r["biggest"] * k)
     return (rest[-1] - rest[0]) / (cells[-1] - cells[0])
@@ -147,8 +152,8 @@ def main_exact(args) -> None:
         sys.exit(f"an evaluation split is over one search batch ({costs.base.SEARCH_BATCH}): lower --eval-tokens")
     b = fit_exact_search(runs)
     for r in runs:
-        print(f"{r['tokens']['train']:,} keys, {r['biggest']:,} queries a batch: knn_search peak "
-              f"{r['jobs']['knn_search'][0]:.0f} MiB, {r['jobs']['knn_search'][1]:.1f} s")
+        print(f"{r['tokens']['train']:,} keys, {r['biggest']:,} queries a batch: knn_shard_search peak "
+              f"{r['jobs']['knn_shard_search'][0]:.0f} MiB, {r['jobs']['knn_shard_search'][1]:.1f} s")
     print(f"\nexact search: {b:.1f} bytes a neighbour of one batch (beyond the key block and the per-position arrays)")
     if args.write:
         write_values({"exact_search_bytes_per_neighbour": round(max(0.0, b), 1)})
@@ -197,7 +202,7 @@ def write(fitted: dict, runs: list[dict]) -> None:
     s = {rule: max(0.0, v[1]) for rule, v in fitted.items()}
     params = costs.shape_size({"tokenizer": {"pretrained": None, "vocab_size": VOCAB}}, SHAPE)["params"]
     measured.update({
-        "process_mb": round(max(fitted["datastore"][2], fitted["knn_search"][2], fitted["projection"][2])),
+        "process_mb": round(max(fitted["datastore"][2], fitted["knn_queries"][2], fitted["projection"][2])),
         "light_process_mb": round(max(fitted["corpus_tokens_train"][2], fitted["knnlm_grid"][2], fitted["table1"][2])),
         "text_bytes_per_token": round(max(b["corpus"], b["tokenizer"]), 1),
         "tokenizer_seconds_per_token": float(f"{s['corpus_tokens_train']:.3g}"),
@@ -207,7 +212,7 @@ def write(fitted: dict, runs: list[dict]) -> None:
         "cpu_flops_per_thread": float(f"{2 * (params - VOCAB * SHAPE['n_embd']) / s['datastore']:.3g}")
         if s["datastore"] else measured["cpu_flops_per_thread"],
         "datastore_bytes_per_token": round(b["datastore"], 1),
-        "search_bytes_per_position": round(max(0.0, b["knn_search"] - 8 * K - 4 * SHAPE["n_embd"]), 1),
+        "search_bytes_per_position": round(max(0.0, b["knn_shard_search"] - 8 * K - 4 * SHAPE["n_embd"]), 1),
         "interpolation_overhead": round(max(b["knnlm_grid"], b["table1"]) / (8 * K), 2),
     })
     write_values(measured)

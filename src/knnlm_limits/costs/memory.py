@@ -1,12 +1,13 @@
 """Costs of the parametric-memory stage (rules/memory.smk): the kNN targets of the sampled
-entries (a search of that many queries: its cost grows with memory.kl_positions), the
-memory's training and evaluation, the more-training control, the frontier's product-
-quantised datastores and the table."""
+entries (their keys gathered, a search of that many queries a shard: its cost grows with
+memory.kl_positions, and the merge), the memory's training and evaluation, the more-training
+control, the frontier's product-quantised datastores (trained once, a job a shard, merged)
+and the table."""
 
 from .. import memory
 from ..index import planned_kind
-from .base import (Estimate, MB, Job, cost, forward_seconds, lm_pass_mb, measured, positions_bytes, seconds, small_job,
-                   unknown, window_factor)
+from .base import (Estimate, MB, Job, assumed, cost, forward_seconds, lm_pass_mb, measured, positions_bytes, seconds,
+                   small_job, unknown, window_factor)
 from .index import build
 from .knnlm import answer_bytes, merge_estimate, search
 from .train import training
@@ -30,15 +31,9 @@ def memory_target_queries(job: Job) -> Estimate:
     est = small_job()
     est.mem_mb += queries * size["d"] * 6 / MB  # the float16 rows read and their float32 copy
     # the positions read through in chunks; the sampled keys, random reads
-    est.minutes += (n_keys * 8 / 1e9 + queries * measured_random_read()) / 60
+    est.minutes += (n_keys * 8 / 1e9 + queries * assumed()["random_read_seconds"]) / 60
     est.disk_mb = queries * (size["d"] * 4 + 8) / MB
     return est
-
-
-def measured_random_read() -> float:
-    from .base import assumed
-
-    return assumed()["random_read_seconds"]
 
 
 @cost("memory_target_shard")
