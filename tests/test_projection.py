@@ -18,11 +18,20 @@ def head():
 
 
 def test_reachable_target_is_recovered(head):
+    """Adam at a constant step size hovers around the optimum: after 3,000 steps at lr 0.1 one
+    row's KL is anywhere between 1e-6 and 5e-4 depending on the last bits of the target (2.9e-4
+    on one Intel CPU, where a single run was held to 1e-4). Continued at 0.01 then 0.001 (what a
+    decaying schedule does), every row lands at or below 3.3e-7 here, also with the target
+    perturbed by 1e-7 and 1e-5 relative in float32 and float64: 1e-4 sits 300x above that, and
+    a solver that stops short of the optimum (one phase less, a wrong sign) stays far above it."""
     torch.manual_seed(1)
     z_true = torch.randn(8, D)
     target = torch.log_softmax(head(z_true), -1)
-    z_star, trace = projection.project(head, torch.zeros(8, D), target, steps=3000, lr=0.1)
-    assert trace[-1] < 1e-4 < trace[0]
+    z_star, first = projection.project(head, torch.zeros(8, D), target, steps=3000, lr=0.1)
+    assert first[-1] < 1e-3 < 1.0 < first[0]
+    for lr, steps in ((0.01, 1000), (0.001, 1000)):
+        z_star, trace = projection.project(head, z_star, target, steps=steps, lr=lr)
+    assert trace[-1] < 1e-4
     final = projection.kl_rows(torch.log_softmax(head(z_star), -1), target)
     assert final.max().item() < 1e-4
     y = torch.randint(0, V, (8,), generator=torch.Generator().manual_seed(2))
