@@ -149,3 +149,36 @@ def test_row_chunks_partition_the_rows_within_the_memory_budget(n_rows, k):
     budget = lambda r: r * k * 8 * knnlm.TEMPORARIES <= knnlm.CHUNK_BYTES  # noqa: E731
     assert (rows == 1 and not budget(1)) or (budget(rows) and (rows == n_rows or not budget(rows + 1)))
     assert [(c.start, c.stop) for c in knnlm._row_chunks(10, k, chunk_rows=3)] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_tuned_setting_is_the_grids_lowest_perplexity_ties_to_the_smaller_setting():
+    import pandas as pd
+
+    grid = pd.DataFrame({"lambda": [0.1, 0.25, 0.5, 0.25, 0.1, 0.5], "temperature": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0],
+                         "perplexity": [30.0, 21.5, 22.0, 21.0, 25.0, 21.0]})
+    assert knnlm.tuned_setting(grid) == (0.25, 2.0)  # 21.0 twice: the smaller lambda
+    grid.loc[3, "perplexity"] = 21.2
+    assert knnlm.tuned_setting(grid) == (0.5, 2.0)
+    grid.loc[2, "perplexity"] = 21.0
+    assert knnlm.tuned_setting(grid) == (0.5, 1.0)  # the same lambda: the smaller temperature
+    assert all(isinstance(v, float) for v in knnlm.tuned_setting(grid))
+
+
+def test_perplexity_of_float32_log_probs_is_taken_in_float64():
+    """The LM's stored log-probs are float32: their mean is taken in float64 (a float32 mean of
+    100,000 of them is 7.5e-9 off, relative: small, but not the same number)."""
+    logp = np.log(np.random.default_rng(0).uniform(0.01, 1.0, 100_000)).astype(np.float32)
+    assert knnlm.perplexity(logp) == knnlm.perplexity(logp.astype(np.float64))
+
+
+def test_lm_and_queries_gives_float32_keys_and_refuses_examples_longer_than_the_context():
+    from knnlm_limits import model
+    from knnlm_limits.tokens import from_sequences
+
+    lm = model.build_model(30, 1, 16, 2, 8, seed=0)
+    found, queries = knnlm.lm_and_queries(lm, from_sequences([[1, 2, 3, 4], [5, 6, 7]]))
+    assert queries.dtype == np.float32 and queries.shape == (len(found), 16) == (5, 16)
+    _, none = knnlm.lm_and_queries(lm, from_sequences([[1, 2, 3, 4]], score_start=[4]))
+    assert none.dtype == np.float32 and none.shape == (0, 16)
+    with pytest.raises(ValueError, match="evaluation examples: an example has 9 tokens but the model's context holds 8"):
+        knnlm.lm_and_queries(lm, from_sequences([list(range(9))]))
