@@ -73,12 +73,12 @@ def test_t_interval_of_two_values_and_of_float32_values():
 
 
 def test_bootstrap_means_in_chunks_are_the_resamples_drawn_at_once():
-    """Chunks bound memory only: 1,001 resamples drawn 7 at a time (max_cells 7 x 100) are
-    the 1,001 drawn at once, row for row, and there are exactly 1,001."""
+    """Chunks bound memory only: 1,000 resamples drawn 7 at a time (max_cells 7 x 100; the last
+    chunk 6) are the 1,000 drawn at once, row for row, and there are exactly 1,000."""
     columns = np.random.default_rng(0).normal(size=(100, 2))
-    whole = stats.bootstrap_means(columns, 1001, seed=4, max_cells=10**9)
-    chunked = stats.bootstrap_means(columns, 1001, seed=4, max_cells=7 * 100)
-    assert whole.shape == chunked.shape == (1001, 2)
+    whole = stats.bootstrap_means(columns, 1000, seed=4, max_cells=10**9)
+    chunked = stats.bootstrap_means(columns, 1000, seed=4, max_cells=7 * 100)
+    assert whole.shape == chunked.shape == (1000, 2)
     np.testing.assert_array_equal(chunked, whole)
 
 
