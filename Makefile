@@ -6,7 +6,7 @@ CORES ?= 2
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: workflow test setup dry-run plan report lint rehearsal-models rehearsal unlock gpu-check
+.PHONY: workflow test setup dry-run plan report lint rehearsal-models rehearsal unlock gpu-check mutation
 
 workflow: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) $(ARGS)
@@ -43,6 +43,19 @@ unlock: $(VENV)/.installed
 # beside the cost model's assumed GPU terms (benchmarks/gpu_check.py; a toy run on a CPU).
 gpu-check: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/gpu_check.py $(ARGS)
+
+# Mutation testing of one numeric module against its fast unit tests (mutmut, configured in
+# pyproject.toml; README, "Mutation testing"): MODULE is knnlm, projection, stats, memory,
+# memory_mlp, findings, index or costs. One worker of one thread (OpenMP, MKL), niced: the
+# machines here have 2 cores, shared.
+# Not part of `make test` or CI (minutes to an hour a module). Survivors: mutmut results;
+# one mutant's diff: mutmut show NAME.
+MODULE ?= knnlm
+MUTATION_JOBS ?= 1
+mutation: $(VENV)/.installed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) "knnlm_limits.$(MODULE).*"
+	@echo "knnlm_limits.$(MODULE), mutmut $$($(VENV)/bin/mutmut --version | sed 's/.* //'):"
+	@$(VENV)/bin/mutmut results --all true | grep -F "knnlm_limits.$(MODULE)." | sed 's/.*: //' | sort | uniq -c
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/snakemake --lint $(ARGS)

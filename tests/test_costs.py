@@ -1,24 +1,69 @@
 """The cost model and the plan: sizes against real objects, requests against their rules."""
 
+import json
 import faiss
 import pandas as pd
 import pytest
 import torch  # noqa: F401  (transformers' model classes below)
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 from knnlm_limits import costs, plan
 from knnlm_limits.config import validate
 
 
-def test_model_size_counts_the_parameters_a_model_has():
-    """The plan's parameter count of a config.json equals the model's own (to the norms and
-    position table it leaves out), for a tied GPT-2 and an untied gated Llama."""
-    gpt2 = GPT2Config(n_layer=3, n_embd=96, n_head=4, vocab_size=1000, n_positions=64)
-    llama = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=176, num_attention_heads=4,
-                        num_key_value_heads=4, vocab_size=900, tie_word_embeddings=False)
-    for cfg, cls in ((gpt2, GPT2LMHeadModel), (llama, LlamaForCausalLM)):
-        real = sum(p.numel() for p in cls(cfg).parameters())
-        assert costs.model_size(cfg.to_dict())["params"] == pytest.approx(real, rel=0.06)
+def _parameters(model) -> int:
+    """What the model holds: model.parameters() lists a tied head's matrix once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+GQA = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=176, num_attention_heads=8, num_key_value_heads=2,
+           vocab_size=900)
+MODEL_CONFIGS = {  # tiny configs of each supported family: random weights, nothing from the hub
+    "gpt2 (tied)": (GPT2Config, GPT2LMHeadModel, dict(n_layer=3, n_embd=96, n_head=4, vocab_size=1000, n_positions=64)),
+    "gpt2 (untied, n_inner)": (GPT2Config, GPT2LMHeadModel, dict(n_layer=2, n_embd=48, n_head=4, n_inner=80,
+                                                                  vocab_size=700, n_positions=32,
+                                                                  tie_word_embeddings=False)),
+    "llama (grouped-query, untied)": (LlamaConfig, LlamaForCausalLM, dict(GQA, tie_word_embeddings=False)),
+    "llama (biases, head_dim)": (LlamaConfig, LlamaForCausalLM, dict(GQA, head_dim=16, attention_bias=True,
+                                                                     mlp_bias=True, tie_word_embeddings=True)),
+    "qwen2 (grouped-query, tied)": (Qwen2Config, Qwen2ForCausalLM, dict(GQA, tie_word_embeddings=True)),
+    "qwen2 (grouped-query, untied)": (Qwen2Config, Qwen2ForCausalLM, dict(GQA, tie_word_embeddings=False)),
+    "mistral (grouped-query, head_dim)": (MistralConfig, MistralForCausalLM, dict(GQA, num_key_value_heads=4,
+                                                                                    head_dim=12)),
+}
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_model_size_counts_the_parameters_a_model_has(name):
+    """The plan's parameter count of a config.json is exactly the instantiated model's, for
+    each family, tied and untied, with grouped-query attention (8 query heads, 2 key/value
+    heads: counting them as full attention is 5.9% too many on the Llama config), a head_dim
+    other than d / heads, and biases where the family has them. Exact: any term left out
+    (the attention output projection, a norm, a bias) is off by at least d."""
+    config_cls, model_cls, kwargs = MODEL_CONFIGS[name]
+    cfg = config_cls(**kwargs)
+    spec = json.loads(cfg.to_json_string())  # what a config.json holds
+    assert costs.model_size(spec)["params"] == _parameters(model_cls(cfg))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("drop_last_mlp", [False, True])
+def test_model_size_of_a_shape_and_of_a_saved_model(arch, drop_last_mlp, tmp_path):
+    """A corpus_lm / memorization shape is sized as model.build_model makes it (tied, the
+    gated width of model.mlp_width), less GPT-2's position table, whose length the shape does
+    not give; the config.json of the built model, saved without its last MLP or not, exactly."""
+    from knnlm_limits import model
+
+    shape = {"name": "s", "architecture": arch, "n_layer": 3, "n_embd": 40, "n_head": 4}
+    lm = model.build_model(500, 3, 40, 4, 24, architecture=arch, drop_last_mlp=drop_last_mlp)
+    positions = 24 * 40 if arch == "gpt2" else 0
+    if not drop_last_mlp:
+        assert costs.model_size({**shape, "vocab_size": 500})["params"] == _parameters(lm) - positions
+    lm.save_pretrained(tmp_path)
+    spec = json.loads((tmp_path / "config.json").read_text())
+    assert spec["model_type"].endswith("_no_last_mlp") == drop_last_mlp
+    assert costs.model_size(spec)["params"] == _parameters(lm)
 
 
 @pytest.mark.parametrize("factory, dim", [("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32)])

@@ -206,3 +206,50 @@ def test_ivf_pq_indexes_skip_polysemous_training():
     keys = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
     built = index.build(keys, "IVF8,PQ4", train_sample=3000)
     assert not faiss.downcast_index(faiss.extract_index_ivf(built)).do_polysemous_training
+
+
+def test_a_datastore_of_exactly_exact_max_keys_is_searched_exactly():
+    assert index.choose(1000, SETTINGS) == "exact" and index.choose(1001, SETTINGS) == "IVF8,PQ4x4"
+
+
+def test_exact_search_widens_blocks_longer_than_its_widening_rows(tmp_path):
+    """A block of more than WIDEN_ROWS keys is widened from float16 in pieces: every key of it
+    is searched (brute force over all 40,000 here, in one block and in blocks of 12,345)."""
+    rng = np.random.default_rng(4)
+    keys = rng.normal(size=(2 * index.WIDEN_ROWS + 7232, 4)).astype(np.float16)
+    queries = rng.normal(size=(6, 4)).astype(np.float32)
+    wide = keys.astype(np.float64)
+    brute = ((wide[None] - queries[:, None].astype(np.float64)) ** 2).sum(-1)
+    nearest = np.argsort(brute, axis=1, kind="stable")[:, :5]
+    for block_bytes in (len(keys) * 4 * 4, 12_345 * 4 * 4):
+        dists, ids = index.exact_search(keys, queries, 5, block_bytes=block_bytes)
+        np.testing.assert_allclose(dists, np.take_along_axis(brute, nearest, 1), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(np.sort(ids, 1), np.sort(nearest, 1))
+
+
+def test_an_index_is_trained_on_a_seeded_sample_without_repeats(tmp_path):
+    """The same keys give the same index, byte for byte (a rerun's neighbours do not move); a
+    sample as large as the datastore is the datastore itself, so the coarse centroids are
+    those FAISS trains on every key, once each."""
+    keys = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float16)
+    a, b = (faiss.serialize_index(index.build(keys, "IVF8,Flat", train_sample=500)) for _ in range(2))
+    assert np.array_equal(a, b)
+    built = index.build(keys, "IVF8,Flat", train_sample=3000)
+    reference = faiss.index_factory(8, "IVF8,Flat")
+    reference.train(keys.astype(np.float32))
+    centroids = lambda ix: faiss.extract_index_ivf(ix).quantizer.reconstruct_n(0, 8)  # noqa: E731
+    np.testing.assert_array_equal(centroids(built), centroids(reference))
+
+
+def test_npy_rows_reads_slices_and_refuses_other_arrays(tmp_path):
+    keys = np.arange(24, dtype=np.float16).reshape(6, 4)
+    np.save(tmp_path / "k.npy", keys)
+    rows = index.NpyRows(tmp_path / "k.npy")
+    np.testing.assert_array_equal(rows[2:5], keys[2:5])
+    assert rows[3:3].shape == (0, 4) and rows[5:9].shape == (1, 4)
+    np.save(tmp_path / "flat.npy", np.arange(5.0))
+    with pytest.raises(ValueError, match=r"flat\.npy: expected a C-ordered 2-D array, got shape \(5,\)"):
+        index.NpyRows(tmp_path / "flat.npy")
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.ones((3, 4))))
+    with pytest.raises(ValueError, match="C-ordered"):
+        index.NpyRows(tmp_path / "fortran.npy")

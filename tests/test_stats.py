@@ -31,12 +31,16 @@ def test_t_interval_covers_the_mean_95_percent_of_the_time():
 
 
 def test_bootstrap_ci_of_a_mean_matches_the_normal_interval():
+    """The percentile interval of a mean of 2,000 normal values is the normal one, each end
+    within 4% of the half-width. At 20,000 resamples an end's Monte Carlo error is 1% (here
+    0.7% and 1.8% off); a 94% interval is 4% narrower, a 91% one 13.5% (the ±15% this test
+    allowed at 2,000 resamples let the 91% one through)."""
     rng = np.random.default_rng(1)
-    x = rng.normal(0.0, 1.0, size=5000)
-    point, low, high = stats.bootstrap_ci(x[:, None], lambda m: m[..., 0], n_resamples=2000)
+    x = rng.normal(0.0, 1.0, size=2000)
+    point, low, high = stats.bootstrap_ci(x[:, None], lambda m: m[..., 0], n_resamples=20_000)
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
     assert point == pytest.approx(x.mean())
-    assert low == pytest.approx(point - half, abs=0.15 * half) and high == pytest.approx(point + half, abs=0.15 * half)
+    assert low == pytest.approx(point - half, abs=0.04 * half) and high == pytest.approx(point + half, abs=0.04 * half)
 
 
 def test_bootstrap_keeps_columns_paired():

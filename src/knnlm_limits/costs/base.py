@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from ..families import NO_LAST_MLP_SUFFIX, base_model_type
+
 COSTS_FILE = Path(__file__).with_name("costs.yaml")
 MB = 1e6
 SEARCH_BATCH = 16_384  # queries searched at a time (index.Searcher.batches)
@@ -75,17 +77,61 @@ def _model_config(name_or_path: str, base_dir: Path | None) -> dict | None:
 
 
 def model_size(spec: dict) -> dict:
-    """{params, d, layers, vocab} of a model config (HF config.json names, or a shape)."""
+    """{params, d, layers, vocab} of a model config (HF config.json names, or a shape).
+
+    The parameter count is the model's own for the families the workflow supports (a test
+    holds it to transformers' instantiated models): GPT-2 (Conv1D weights and biases, two
+    LayerNorms a block with biases, the final one, the position table where the spec gives
+    n_positions) and the Llama family (q, k and v with grouped-query attention: k and v have
+    num_key_value_heads heads of head_dim; the output projection; biases on q, k and v in
+    Qwen2, on all four and the MLP where a Llama config sets attention_bias / mlp_bias; a
+    gated MLP; two RMSNorms a layer and the final one). The head adds vocab x d only when it
+    is not tied to the embedding (a GPT-2 config ties by default, a Llama-family one does
+    not). A model saved without its last MLP (model type knnlm_<type>_no_last_mlp) has one
+    MLP less. A shape from the config is the model model.build_model makes of it (tied, a
+    Llama-family MLP of gated_width), less GPT-2's position table (its length is the block
+    size, which the shape does not hold: 0.6% of GPT-2 small).
+    """
     d = spec.get("n_embd") or spec.get("hidden_size")
     layers = spec.get("n_layer") or spec.get("num_hidden_layers")
     vocab = spec.get("vocab_size")
     if spec.get("params"):
         return {"params": float(spec["params"]), "d": d, "layers": layers, "vocab": vocab}
-    ff = spec.get("intermediate_size") or spec.get("n_inner") or 4 * d
-    gated = "intermediate_size" in spec  # Llama family: gate, up and down projections
-    per_layer = 4 * d * d + (3 if gated else 2) * d * ff
-    head = vocab * d * (1 if spec.get("tie_word_embeddings", True) else 2)
-    return {"params": float(layers * per_layer + head), "d": d, "layers": layers, "vocab": vocab}
+    model_type = spec.get("model_type") or spec.get("architecture") or ("gpt2" if "n_embd" in spec else "llama")
+    base = base_model_type(model_type)
+    mlps = layers - 1 if model_type.endswith(NO_LAST_MLP_SUFFIX) else layers
+    if base == "gpt2":
+        ff = spec.get("n_inner") or 4 * d
+        attention = d * 3 * d + 3 * d + d * d + d  # c_attn (q, k, v) and c_proj, with biases
+        mlp = d * ff + ff + ff * d + d  # c_fc and c_proj, with biases
+        norms = 2 * 2 * d  # ln_1 and ln_2: weight and bias
+        final_norm, positions = 2 * d, (spec.get("n_positions") or 0) * d
+        tied = spec.get("tie_word_embeddings", True)
+    else:
+        heads = spec.get("num_attention_heads") or spec.get("n_head")
+        kv_heads = spec.get("num_key_value_heads") or heads
+        head_dim = spec.get("head_dim") or d // heads
+        q, kv = heads * head_dim, kv_heads * head_dim
+        attention = d * q + 2 * d * kv + q * d  # q, k, v (grouped) and the output projection
+        if base == "qwen2":
+            attention += q + 2 * kv  # Qwen2: biases on q, k and v
+        elif spec.get("attention_bias"):
+            attention += q + 2 * kv + d
+        ff = spec.get("intermediate_size") or gated_width(d)
+        mlp = 3 * d * ff + (2 * ff + d if spec.get("mlp_bias") else 0)  # gate, up and down
+        norms, final_norm, positions = 2 * d, d, 0
+        # a shape is built here, always tied (model.build_model); a config.json says
+        tied = spec.get("tie_word_embeddings", "model_type" not in spec)
+    embeddings = vocab * d + positions
+    head = 0 if tied else vocab * d
+    params = layers * (attention + norms) + mlps * mlp + final_norm + embeddings + head
+    return {"params": float(params), "d": d, "layers": layers, "vocab": vocab}
+
+
+def gated_width(d: int) -> int:
+    """The gated MLP width model.mlp_width gives a Llama-family shape: 8d/3 rounded up to a
+    multiple of 8 (here so that planning imports no torch; a test holds the two together)."""
+    return -(-8 * d // 3 // 8) * 8
 
 
 def vocab_size(config: dict, base_dir: Path | None = None) -> int:
