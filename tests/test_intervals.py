@@ -204,7 +204,7 @@ def test_table1_gaps_at_their_two_anchors_and_the_perplexity_difference():
     knnlm = np.logaddexp(np.log(0.75) + lm, np.log(0.25) + np.log(rng.uniform(0.0, 1.0, 3000)))
     per_token = pd.DataFrame({"lm": lm, "knnlm": knnlm, "proj_f": knnlm, "proj_fg": lm,
                               "proj_f_reverse": 0.5 * (lm + knnlm)})
-    rows = {r["finding"]: r for r in findings.table1(per_token, lm, knnlm, _summary(), {}, 4000, 0)}
+    rows = {r["finding"]: r for r in findings.table1(per_token, lm, knnlm, _summary(), {}, "fixed", 4000, 0)}
     f, fg = rows["softmax_bottleneck_ruled_out"], rows["mlp_hurdle_in_projection"]
     assert (f["measured"], f["ci_low"], f["ci_high"]) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
     assert (fg["measured"], fg["ci_low"], fg["ci_high"]) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12)
@@ -224,7 +224,8 @@ def _memory_inputs(mix_is: str, rng, n=400):
                            "lm_memory_x": mix["tuned"], "lm_memory_x_fixed": mix["fixed"],
                            "memory_x": np.log(rng.uniform(0.02, 0.5, n))})
     table = pd.DataFrame([{"kind": "knn", "component": "kNN-LM", "bytes": 10_000},
-                          {"kind": "memory", "component": "LM + memory x", "bytes": 400}])
+                          {"kind": "memory", "component": "LM + memory x", "bytes": 400, "train_flops": 1e9,
+                           "target_search_flops": 5e8}])
     return tokens, table
 
 
