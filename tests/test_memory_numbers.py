@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from knnlm_limits import knnlm, memory, memory_mlp
+from knnlm_limits import knnlm, memory, memory_mlp, shards
 from knnlm_limits.index import Searcher
 from knnlm_limits.knnlm import SearchResults
 
@@ -50,7 +50,8 @@ def test_kl_target_files_hold_k_or_all_other_entries(tmp_path, n, k):
     keys = rng.standard_normal((n, 4)).astype(np.float16)
     values = rng.integers(0, 7, n).astype(np.int32)
     rows = np.arange(0, n, 2, dtype=np.int32)
-    memory.write_kl_targets(tmp_path / "kl", Searcher.in_memory(keys, EXACT), keys, values, rows, k, 1.0)
+    answer = shards.answer(Searcher.in_memory(keys, EXACT), values, keys[rows].astype(np.float32), k + 1, 0)
+    memory.write_kl_targets(tmp_path / "kl", rows, [answer], k, 1.0)
     got_rows, value_file, weight_file = memory.kl_targets(tmp_path / "kl")
     got_values, weights = np.load(value_file), np.load(weight_file)
     assert got_rows.dtype == np.int64 and got_values.dtype == np.int32 and weights.dtype == np.float16
