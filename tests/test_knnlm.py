@@ -138,7 +138,7 @@ def test_search_results_refuse_a_file_that_is_not_one(tmp_path):
         knnlm.SearchResults.load(tmp_path / "other.npz")
 
 
-@pytest.mark.parametrize("n_rows, k", [(10, 4), (100_000, 1), (5, 2_000_000)])
+@pytest.mark.parametrize("n_rows, k", [(10, 4), (100_000, 1024), (2_000_000, 1), (5, 2_000_000)])
 def test_row_chunks_partition_the_rows_within_the_memory_budget(n_rows, k):
     """Chunks are consecutive, disjoint and cover every row once; each is the most rows whose
     TEMPORARIES (rows, k) float64 arrays fit CHUNK_BYTES, and one row where even one does not."""

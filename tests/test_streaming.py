@@ -298,7 +298,7 @@ def test_lm_and_queries_without_a_key_and_without_examples(lm_and_data):
     for name in expected:
         np.testing.assert_array_equal(getattr(got, name), expected[name])
     none, queries = knnlm.lm_and_queries(lm, Examples(evaluated.tokens, *(np.zeros(0, np.int64),) * 3))
-    assert queries.shape == (0, 32) and none.targets.shape == (0,)
+    assert queries.shape == (0, 32) and queries.dtype == np.float32 and none.targets.shape == (0,)
 
 
 def test_datastore_keys_are_the_old_ones(lm_and_data):
