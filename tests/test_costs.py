@@ -142,6 +142,17 @@ def test_paper_plan_fits_its_requests_and_partitions(configs, capsys, tmp_path):
         assert set(by_rule.get_group(rule).partition) == {"gpu"}
 
 
+@pytest.mark.parametrize("config", ["config/pretrained.yaml", "config/plan-1b.yaml"])
+def test_pretrained_plans_fit_their_requests_and_partitions(config, capsys, tmp_path):
+    """The cluster configs on a pretrained model plan without a flag too (pretrained.yaml's
+    exact search took 2.7 h a shard at 2 shards, over its 2 h cap, until it took 4 shards)."""
+    assert plan.main(["--configfile", config, "--csv", str(tmp_path / "plan.csv")]) == 0
+    assert "no job flagged" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "plan.csv")
+    assert (rows.est_mem_mb <= rows.req_mem_mb).all() and (rows.est_minutes <= rows.req_minutes).all()
+    assert rows["flags"].isna().all() and (rows[rows.rule == "knn_shard_search"].gpus == 0).all()
+
+
 def test_plan_flags_a_request_below_its_estimate_and_a_group_over_its_partition(capsys):
     code = plan.main(["--configfile", "config/paper.yaml", "--config",
                       "resources={train: {mem_mb: 1000, runtime: 2880, gpus: 1, threads: 8}}",
