@@ -218,6 +218,7 @@ def test_run_on_a_model_lines_up_with_search_results(arch):
     assert list(summary.column) == ["proj_f", "proj_fg", "proj_f_reverse"]
     by_column = summary.set_index("column")
     assert by_column.loc["proj_f_reverse", "solver"] == "lbfgs"  # its certificate: the test below
+    assert list(summary.direction) == ["paper", "paper", "reverse"]  # the direction each one solved
     assert np.isnan(by_column.loc["proj_f", "max_gradient_norm"])  # no certificate for a non-convex problem
 
 
