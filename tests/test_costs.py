@@ -143,7 +143,7 @@ def test_paper_plan_fits_its_requests_and_partitions(configs, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("config", ["config/pretrained.yaml", "config/plan-1b.yaml"])
-def test_pretrained_plans_fit_their_requests_and_partitions(config, capsys, tmp_path):
+def test_each_pretrained_plan_fits_its_requests_and_partitions(config, capsys, tmp_path):
     """The cluster configs on a pretrained model plan without a flag too (pretrained.yaml's
     exact search took 2.7 h a shard at 2 shards, over its 2 h cap, until it took 4 shards)."""
     assert plan.main(["--configfile", config, "--csv", str(tmp_path / "plan.csv")]) == 0
