@@ -37,7 +37,7 @@ def test_bootstrap_ci_of_a_mean_matches_the_normal_interval():
     allowed at 2,000 resamples let the 91% one through)."""
     rng = np.random.default_rng(1)
     x = rng.normal(0.0, 1.0, size=2000)
-    point, low, high = stats.bootstrap_ci(x[:, None], lambda m: m[..., 0], n_resamples=20_000)
+    point, low, high = stats.bootstrap_ci(x[:, None], lambda m: m[..., 0], n_resamples=20_000, seed=0)
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
     assert point == pytest.approx(x.mean())
     assert low == pytest.approx(point - half, abs=0.04 * half) and high == pytest.approx(point + half, abs=0.04 * half)
@@ -46,7 +46,7 @@ def test_bootstrap_ci_of_a_mean_matches_the_normal_interval():
 def test_bootstrap_keeps_columns_paired():
     """Two identical columns differ by exactly 0 in every resample."""
     x = np.random.default_rng(2).normal(size=300)
-    point, low, high = stats.bootstrap_ci(np.column_stack([x, x]), lambda m: m[..., 0] - m[..., 1], 500)
+    point, low, high = stats.bootstrap_ci(np.column_stack([x, x]), lambda m: m[..., 0] - m[..., 1], 500, 0)
     assert point == low == high == 0.0
 
 

@@ -42,8 +42,7 @@ def t_interval(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def bootstrap_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0,
-                    max_cells: int = 2**22) -> np.ndarray:
+def bootstrap_means(columns: np.ndarray, n_resamples: int, seed: int, max_cells: int = 2**22) -> np.ndarray:
     """(n_resamples, C): column means of `columns` (N, C) over paired resamples of its rows."""
     columns = np.asarray(columns, dtype=np.float64)
     n = len(columns)
@@ -56,7 +55,7 @@ def bootstrap_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0,
     return np.concatenate(means)
 
 
-def bootstrap_ci(columns: np.ndarray, statistic, n_resamples: int = 2000, seed: int = 0):
+def bootstrap_ci(columns: np.ndarray, statistic, n_resamples: int, seed: int):
     """(point, low, high) of statistic(column means) with a 95% percentile interval.
 
     `statistic` maps an array (..., C) of column means to (...): it is applied to
