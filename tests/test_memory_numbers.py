@@ -135,3 +135,153 @@ def test_the_tables_knn_and_pq_rows_and_frontier_by_hand(tmp_path):
     pd.testing.assert_frame_equal(held["tokens"], t["tokens"])
     assert "PQ8" in pq["component"] and "exact" in knn["component"]
     assert knnlm.perplexity(lm) == pytest.approx(ppl(lm))
+
+
+# ------------------------------------------------ the compute the memory table and the control read
+
+
+def test_training_flops_count_the_trained_parameters_once_each():
+    """4 FLOPs a parameter a key (forward and input gradients) and 2 a trained one (weight
+    gradients): the LM's frozen head runs but is not trained."""
+    counts = {"body": 10, "head": 7}
+    assert memory.training_flops(counts, "lm_frozen", 3, 2.0) == 3 * 2.0 * (4 * 17 + 2 * 10)
+    assert memory.training_flops(counts, "random", 3, 2.0) == 3 * 2.0 * (4 * 17 + 2 * 17)
+    # the control's budget: the training alone where nothing was searched
+    assert memory.imitation_flops(counts, "lm_frozen", 3, 2.0, 8, None) == 3 * 2.0 * (4 * 17 + 2 * 10)
+
+
+def test_target_search_flops_where_the_faiss_count_does_not_reach():
+    """By hand: a Flat IVF code costs a distance (2 d); nprobe past nlist probes every list
+    once; re-ranking reads at most a shard's keys (10 keys in 3 shards: 4, not 3.33)."""
+    d = 8
+    assert memory.target_search_flops(10, 1000, d, "IVF4,Flat", 5, 2, False, 1) == 10 * (2 * 4 * d + 1000 * 0.5 * 2 * d)
+    assert memory.target_search_flops(10, 1000, d, "IVF4,PQ2", 5, 9, False, 1) == 10 * (2 * 4 * d + 1000 * 1.0 * 2)
+    plain = memory.target_search_flops(2, 10, d, "IVF4,PQ2", 7, 1, False, 3)
+    reranked = memory.target_search_flops(2, 10, d, "IVF4,PQ2", 7, 1, True, 3)
+    assert reranked - plain == 2 * 3 * 2 * d * 4
+    settings = {"n": 2, "k": 7, "nprobe": 1, "rerank": True, "shards": 3, "kind": "IVF4,PQ2"}
+    assert memory.planned_target_search_flops(10, d, settings) == reranked
+
+
+def test_target_search_settings_are_what_the_search_cost_follows_from():
+    knn = {"k": 8, "nprobe": 4, "rerank": True, "shards": 3, "exact_index": "exact", "approximate_index": "IVF4,PQ2"}
+    mem = {"alpha": 0.5, "kl_positions": 100}
+    expected = {"n": 100, "k": 8, "nprobe": 4, "rerank": True, "shards": 3}
+    assert memory.target_search_settings(knn, mem, "IVF4,PQ2") == {**expected, "kind": "IVF4,PQ2"}
+    for exact in ("exact", "Flat", "SQfp16"):  # every exact kind costs the same
+        assert memory.target_search_settings(knn, mem, exact) == {**expected, "kind": "exact"}
+    assert memory.target_search_settings(knn, {**mem, "alpha": 0}, "IVF4,PQ2") is None  # no kNN targets
+
+
+def test_more_training_takes_at_least_one_step():
+    assert memory.more_training_steps("compute", 1.0, 1e6, 100, 1.0, 10) == 1
+    assert memory.more_training_steps("epochs", 0.0, 1e6, 100, 0.001, 10) == 1
+    assert memory.more_training_steps("compute", 6 * 1e6 * 100 * 2.5, 1e6, 100, 1.0, 10) == 3
+    assert memory.more_training_steps("epochs", 0.0, 1e6, 100, 2.0, 1001) == 21
+
+
+def test_kl_queries_are_the_sampled_entries_keys_across_shards(tmp_path):
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((23, 4)).astype(np.float16)
+    files = []
+    for i, (a, b) in enumerate([(0, 9), (9, 9), (9, 23)]):  # an empty shard between two
+        files.append(tmp_path / f"keys{i}.npy")
+        np.save(files[-1], keys[a:b])
+    rows = np.array([0, 8, 9, 22], dtype=np.int32)
+    memory.write_kl_queries(tmp_path / "queries", files, rows)
+    got_rows, got_keys = np.load(tmp_path / "queries" / "rows.npy"), np.load(tmp_path / "queries" / "keys.npy")
+    assert got_rows.dtype == np.int64 and got_keys.dtype == np.float32
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got_keys, keys[rows].astype(np.float32))
+
+
+def test_positions_rise_across_shards_an_empty_one_included(tmp_path):
+    parts = [[0, 1, 5], [], [6, 9]]
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"positions{i}.npy")
+        np.save(paths[-1], np.asarray(part, dtype=np.int64))
+    memory.check_one_entry_per_position(paths)
+    memory.check_one_entry_per_position([str(p) for p in paths], chunk=2)
+    np.save(paths[2], np.asarray([5, 9], dtype=np.int64))  # the last shard repeats the first's last position
+    with pytest.raises(ValueError, match=r"positions2\.npy: positions do not strictly rise.*rebuild the datastore"):
+        memory.check_one_entry_per_position(paths)
+
+
+def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
+    """tables() with two memories and the more-training control: each memory's rows (alone, and
+    with the LM at lambda_m tuned on validation by brute force, and at the kNN-LM's fixed
+    lambda), their bytes, steps, compute and objective; the control's row; the grid's lambda_m
+    rows; the frontier's memory points; the timing rows, memory first; every label."""
+    rng = np.random.default_rng(5)
+    files = {}
+    for name in ("valid", "test"):
+        _split(rng, 200 if name == "valid" else 300).save(tmp_path / f"{name}.npz")
+        files[name] = tmp_path / f"{name}.npz"
+    valid, test = SearchResults.load(files["valid"]), SearchResults.load(files["test"])
+    fixed, lambdas = (0.25, 1.0), [0.1, 0.4, 0.7]
+    boot = {"bootstrap_resamples": 200, "seed": 1}
+    memories = {}
+    for i, (name, objective) in enumerate([("values-x2", "values"), ("imitation-x2", "imitation")]):
+        memories[name] = {
+            "objective": objective,
+            "logprobs": {"valid": np.log(rng.uniform(0.02, 0.6, 200)), "test": np.log(rng.uniform(0.02, 0.6, 300))},
+            "footprint": {"bytes_fp32": 4000 + i, "bytes_fp16": 2000 + i, "train_steps": 30 + i,
+                          "train_flops": 1.5e9 + i, "target_search_flops": 2.5e8 * i},
+            "costs": pd.DataFrame({"method": ["memory", "search"], "device": ["cpu", "cpu"], "ms": [1.0 + i, 2.0]}),
+        }
+    more = {"valid": np.log(rng.uniform(0.05, 0.5, 200)), "test": np.log(rng.uniform(0.05, 0.5, 300)),
+            "extra_steps": 44, "train_flops": 1.75e9}
+    t = memory.tables({"valid": files["valid"], "test": files["test"]}, fixed, (0.5, 2.0), memories, more, {}, 10_000,
+                      "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, boot)
+
+    def ppl(logprobs):
+        return float(np.exp(-np.mean(np.asarray(logprobs, dtype=np.float64))))
+
+    def mix(mem, lam):  # log(lam p_mem + (1 - lam) p_lm), in probabilities
+        return np.log(lam * np.exp(mem) + (1 - lam) * np.exp(test.lm_logprob.astype(np.float64)))
+
+    table = t["table"].set_index("component")
+    assert list(t["table"].component[:3]) == ["LM", "LM trained 44 steps further", "kNN-LM, datastore (float16 keys, exact)"]
+    control = table.loc["LM trained 44 steps further"]
+    assert (control["kind"], control["bytes"], control["extra_steps"]) == ("more_training", 0, 44)
+    assert (control["train_flops"], control["target_search_flops"]) == (1.75e9, 0.0)
+    assert control["test_ppl_fixed"] == control["test_ppl_tuned"] == pytest.approx(ppl(more["test"]), rel=1e-12)
+    np.testing.assert_array_equal(t["tokens"].lm_more, more["test"])
+    grid = t["grid"].set_index(["component", "lambda"])
+    frontier = t["frontier"].set_index("component")
+    for i, (name, entry) in enumerate(memories.items()):
+        foot, mem = entry["footprint"], entry["logprobs"]["test"]
+        by_hand = {lam: ppl(np.log(lam * np.exp(entry["logprobs"]["valid"])
+                                   + (1 - lam) * np.exp(valid.lm_logprob.astype(np.float64)))) for lam in lambdas}
+        best = min(by_hand, key=lambda lam: (by_hand[lam], lam))
+        for lam in lambdas:
+            assert grid.loc[(f"memory {name}", lam), "valid_perplexity"] == pytest.approx(by_hand[lam], rel=1e-12)
+            assert np.isnan(grid.loc[(f"memory {name}", lam), "temperature"])
+        alone, joint = table.loc[f"memory {name} alone"], table.loc[f"LM + memory {name}"]
+        for row in (alone, joint):
+            assert (row["bytes"], row["objective"]) == (foot["bytes_fp32"], entry["objective"])
+            assert (row["train_flops"], row["target_search_flops"]) == (foot["train_flops"], foot["target_search_flops"])
+        assert alone["kind"] == "memory_alone" and joint["kind"] == "memory"
+        assert alone["test_ppl_fixed"] == alone["test_ppl_tuned"] == pytest.approx(ppl(mem), rel=1e-12)
+        assert (joint["lambda"], joint["bytes_fp16"], joint["train_steps"]) == (best, foot["bytes_fp16"],
+                                                                               foot["train_steps"])
+        assert joint["test_ppl_tuned"] == pytest.approx(ppl(mix(mem, best)), rel=1e-9)
+        assert joint["test_ppl_fixed"] == pytest.approx(ppl(mix(mem, fixed[0])), rel=1e-9)  # the kNN-LM's lambda
+        point = frontier.loc[f"LM + memory {name}"]
+        assert (point["kind"], point["bytes"], point["objective"], point["column"]) == (
+            "memory", foot["bytes_fp32"], entry["objective"], f"lm_memory_{name}")
+        expected = memory.bootstrap_perplexity(mix(mem, best), 200, 1)
+        assert (point["test_ppl"], point["ci_low"], point["ci_high"]) == pytest.approx(expected, rel=1e-9)
+        np.testing.assert_array_equal(t["tokens"][f"memory_{name}"], mem)
+    assert (frontier.loc["LM alone", "kind"], frontier.loc["kNN-LM, datastore", "kind"]) == ("lm", "knn")
+    assert (frontier.loc["LM alone", "objective"], frontier.loc["kNN-LM, datastore", "objective"]) == ("", "")
+    costs = t["costs"]
+    assert list(costs.columns) == ["memory", "method", "device", "ms"] and list(costs.index) == [0, 1, 2, 3]
+    assert list(costs.memory) == ["values-x2", "values-x2", "imitation-x2", "imitation-x2"]
+    assert list(costs.ms) == [1.0, 2.0, 2.0, 2.0]
+    # no memory, no control: the table still has its timing frame, with its memory column
+    bare = memory.tables({"valid": files["valid"], "test": files["test"]}, fixed, (0.5, 2.0), {}, None, {}, 10_000,
+                         "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, boot)
+    assert list(bare["costs"].columns) == ["memory"] and len(bare["costs"]) == 0
+    assert "more_training" not in set(bare["table"].kind)

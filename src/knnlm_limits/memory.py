@@ -64,7 +64,7 @@ def kl_target_count(n_entries: int, n: int | None) -> int:
 
 
 def target_search_flops(n_targets: int, n_keys: int, d: int, kind: str, k: int, nprobe: int, rerank: bool,
-                        shards: int = 1) -> float:
+                        shards: int) -> float:
     """FLOPs of the kNN targets' search (memory_target_shard): each of n_targets entries' key
     searched for its k + 1 nearest of n_keys keys of width d, in each of `shards` shards,
     through an index of `kind`.
