@@ -134,6 +134,9 @@ def test_the_tables_knn_and_pq_rows_and_frontier_by_hand(tmp_path):
     pd.testing.assert_frame_equal(held["table"], t["table"])
     pd.testing.assert_frame_equal(held["tokens"], t["tokens"])
     assert "PQ8" in pq["component"] and "exact" in knn["component"]
+    assert list(t["frontier"].component) == ["LM alone", "kNN-LM, datastore", "kNN-LM, PQ8"]
+    assert list(tokens.columns[:3]) == ["position", "target", "lm"]
+    np.testing.assert_array_equal(tokens.position, np.arange(len(test)))
     assert knnlm.perplexity(lm) == pytest.approx(ppl(lm))
 
 
