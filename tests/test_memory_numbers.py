@@ -288,3 +288,53 @@ def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
                          "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, boot)
     assert list(bare["costs"].columns) == ["memory"] and len(bare["costs"]) == 0
     assert "more_training" not in set(bare["table"].kind)
+
+
+# ------------------------------------------------ the memory's loss over several chunks of rows
+
+
+def test_the_fused_loss_over_several_chunks_is_the_loss_over_one(monkeypatch):
+    """The loss and its gradients summed chunk by chunk (2 rows a chunk, 9 rows, keys of width
+    6 < 9) equal the one-chunk pass: a chunk's total or W's gradient that replaced the running
+    sum, or chunks counted over the key width, would differ."""
+    rng = np.random.default_rng(4)
+    vocab, d, n, k = 11, 6, 9, 3
+    model = memory_mlp.build(d, vocab, 1, 2, head="random", seed=4)
+    kl_values = rng.integers(0, vocab, (4, k))
+    w = rng.random((4, k)).astype(np.float32)
+    w /= w.sum(1, keepdims=True)
+    batch = memory_mlp.Batch(torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)),
+                             torch.from_numpy(rng.integers(0, vocab, n)), torch.tensor([0, 3, 5, 8]),
+                             torch.from_numpy(kl_values), torch.from_numpy(w),
+                             torch.from_numpy(memory_mlp.neg_entropy(kl_values, w.astype(np.float64))))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = memory_mlp.memory_loss(model, batch, 0.4)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    whole, whole_grads = loss_and_grads()
+    monkeypatch.setattr(memory_mlp, "LOSS_CHUNK_CPU", 2 * vocab)
+    chunked, chunked_grads = loss_and_grads()
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_neg_entropy_is_sum_q_log_q_by_brute_force():
+    """sum_y q(y) log q(y), q the weights summed by value: token 0 counts, a value repeated sums
+    its weights, a zero weight and -1 (no neighbour) add nothing, and a last row with no target
+    still has its 0."""
+    values = np.array([[0, 0, 3, -1], [2, 0, 5, 5], [4, 1, -1, -1], [-1, -1, -1, -1]])
+    weights = np.array([[0.25, 0.25, 0.5, 0.0], [0.5, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0] * 4])
+    expected = []
+    for row_values, row_weights in zip(values, weights):
+        q = {}
+        for v, wt in zip(row_values, row_weights):
+            if v >= 0 and wt > 0:
+                q[v] = q.get(v, 0.0) + wt
+        expected.append(sum(p * np.log(p) for p in q.values()))
+    got = memory_mlp.neg_entropy(values, weights)
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
