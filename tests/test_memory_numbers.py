@@ -211,11 +211,9 @@ def test_positions_rise_across_shards_an_empty_one_included(tmp_path):
         memory.check_one_entry_per_position(paths)
 
 
-def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
-    """tables() with two memories and the more-training control: each memory's rows (alone, and
-    with the LM at lambda_m tuned on validation by brute force, and at the kNN-LM's fixed
-    lambda), their bytes, steps, compute and objective; the control's row; the grid's lambda_m
-    rows; the frontier's memory points; the timing rows, memory first; every label."""
+def _memory_tables(tmp_path):
+    """memory.tables at one point with two memories (an imitating one and its alpha-0 control)
+    and the more-training control, from random stored search results."""
     rng = np.random.default_rng(5)
     files = {}
     for name in ("valid", "test"):
@@ -237,6 +235,16 @@ def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
             "extra_steps": 44, "train_flops": 1.75e9}
     t = memory.tables({"valid": files["valid"], "test": files["test"]}, fixed, (0.5, 2.0), memories, more, {}, 10_000,
                       "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, boot)
+
+    return t, valid, test, memories, more, fixed, lambdas
+
+
+def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
+    """tables() with two memories and the more-training control: each memory's rows (alone, and
+    with the LM at lambda_m tuned on validation by brute force, and at the kNN-LM's fixed
+    lambda), their bytes, steps, compute and objective; the control's row; the grid's lambda_m
+    rows; the frontier's memory points; the timing rows, memory first; every label."""
+    t, valid, test, memories, more, fixed, lambdas = _memory_tables(tmp_path)
 
     def ppl(logprobs):
         return float(np.exp(-np.mean(np.asarray(logprobs, dtype=np.float64))))
@@ -284,8 +292,8 @@ def test_the_tables_memory_and_more_training_rows_by_hand(tmp_path):
     assert list(costs.memory) == ["values-x2", "values-x2", "imitation-x2", "imitation-x2"]
     assert list(costs.ms) == [1.0, 2.0, 2.0, 2.0]
     # no memory, no control: the table still has its timing frame, with its memory column
-    bare = memory.tables({"valid": files["valid"], "test": files["test"]}, fixed, (0.5, 2.0), {}, None, {}, 10_000,
-                         "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, boot)
+    bare = memory.tables({"valid": valid, "test": test}, fixed, (0.5, 2.0), {}, None, {}, 10_000,
+                         "exact", lambdas, {"lambda": [0.5], "temperature": [1.0]}, {"bootstrap_resamples": 200, "seed": 1})
     assert list(bare["costs"].columns) == ["memory"] and len(bare["costs"]) == 0
     assert "more_training" not in set(bare["table"].kind)
 
@@ -338,3 +346,31 @@ def test_neg_entropy_is_sum_q_log_q_by_brute_force():
     got = memory_mlp.neg_entropy(values, weights)
     assert got.shape == (4,)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_the_memory_findings_from_the_table_by_hand(tmp_path):
+    """findings.memory on memory.tables' output: the more-training control against LM + memory,
+    the imitation against its values-only control, the memory alone against the LM (each a
+    paired bootstrap of a perplexity difference, its point recomputed here), the controls'
+    steps and FLOPs in the notes, and the bytes ratio."""
+    from knnlm_limits import findings
+
+    t, valid, test, memories, more, fixed, lambdas = _memory_tables(tmp_path)
+    tokens = t["tokens"]
+    rows = {(r["finding"], r.get("setting")): r
+            for r in findings.memory(tokens, t["table"], "imitation-x2", "values-x2", "lm", {}, 200, 1)}
+
+    def ppl(column):
+        return float(np.exp(-tokens[column].astype(np.float64).mean()))
+
+    more_row = rows[("memory_beats_more_training", "tuned")]
+    assert more_row["measured"] == pytest.approx(ppl("lm_more") - ppl("lm_memory_imitation-x2"), rel=1e-9)
+    assert "44 steps further" in more_row["note"] and "1.75e+09 FLOPs" in more_row["note"]
+    helps = rows[("memory_imitation_helps", "tuned")]
+    assert helps["measured"] == pytest.approx(ppl("lm_memory_values-x2") - ppl("lm_memory_imitation-x2"), rel=1e-9)
+    alone = next(r for key, r in rows.items() if key[0] == "memory_alone_beats_lm")
+    assert alone["measured"] == pytest.approx(ppl("lm") - ppl("memory_imitation-x2"), rel=1e-9)
+    ratio = next(r for key, r in rows.items() if key[0] == "memory_smaller_than_datastore")
+    assert ratio["measured"] == ratio["ci_low"] == ratio["ci_high"] == 10_000 / 4001
+    for row in (more_row, helps, alone):
+        assert row["ci_low"] < row["measured"] < row["ci_high"]
