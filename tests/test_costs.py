@@ -153,6 +153,22 @@ def test_each_pretrained_plan_fits_its_requests_and_partitions(config, capsys, t
     assert rows["flags"].isna().all() and (rows[rows.rule == "knn_shard_search"].gpus == 0).all()
 
 
+def test_exact_search_plan_has_no_reranking_whatever_knn_rerank_says(capsys, tmp_path):
+    """pretrained.yaml searches exactly: knn.rerank on changes none of its searches' estimates
+    (an exact search re-ranks nothing and writes no exact distances: index.reranks)."""
+    plans = {}
+    for rerank in ("false", "true"):
+        csv = tmp_path / f"plan-{rerank}.csv"
+        assert plan.main(["--configfile", "config/pretrained.yaml", "--config", f"knn={{rerank: {rerank}}}",
+                          "--csv", str(csv)]) == 0
+        rows = pd.read_csv(csv)
+        plans[rerank] = rows[rows.rule.isin(["knn_shard_search", "memory_target_shard"])].set_index(
+            ["rule", "wildcards"])[["est_mem_mb", "est_disk_mb", "est_minutes"]]
+    capsys.readouterr()
+    assert len(plans["true"]) == 8
+    pd.testing.assert_frame_equal(plans["true"], plans["false"])
+
+
 def test_plan_flags_a_request_below_its_estimate_and_a_group_over_its_partition(capsys):
     code = plan.main(["--configfile", "config/paper.yaml", "--config",
                       "resources={train: {mem_mb: 1000, runtime: 2880, gpus: 1, threads: 8}}",

@@ -160,6 +160,12 @@ def ivf_shape(factory: str, d: int) -> tuple[int, int]:
     return nlist, code
 
 
+def reranks(kind: str, rerank: bool) -> bool:
+    """Whether a search through an index of `kind` re-ranks its neighbours by exact distance
+    (knn.rerank): only an approximate index's; an exact search's distances are exact already."""
+    return bool(rerank) and kind not in EXACT_KINDS
+
+
 def code_scan_flops(factory: str, d: int) -> int:
     """FLOPs of comparing a query with one stored code of `factory` while scanning a list: one
     table look-up addition per sub-quantiser of a PQ code, a distance (2 d) for a Flat or SQ code."""
@@ -427,7 +433,7 @@ class Searcher:
     @property
     def reranks(self) -> bool:
         """Whether approximate neighbours are re-ranked by their exact distance."""
-        return self.rerank_exact and self.kind not in EXACT_KINDS
+        return reranks(self.kind, self.rerank_exact)
 
     def candidates(self, q: np.ndarray, k: int):
         """(dists, ids, exact): q's k nearest by the index's own distance, and where it re-ranks
@@ -474,7 +480,7 @@ def gpu_search(searcher: Searcher, k: int):
     they fit in half the GPU's free memory. Exact re-ranking reads the key file on the host:
     not a GPU search."""
     why = faiss_gpu_unavailable()
-    if why is None and searcher.rerank_exact and searcher.kind not in EXACT_KINDS:
+    if why is None and searcher.reranks:
         why = "its exact re-ranking reads the key file on the host"
     if why is None and searcher.index is None:
         import torch

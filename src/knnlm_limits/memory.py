@@ -134,9 +134,9 @@ def datastore_bytes(key_files, value_files, index_dirs, kind: str, rerank: bool)
     none), and float16 keys where the search reads them (exact search over the key files;
     exact re-ranking of an approximate index's neighbours). A Flat / SQfp16 index holds the
     keys itself."""
-    from .index import EXACT, EXACT_KINDS
+    from .index import EXACT, reranks
 
-    reads_keys = kind == EXACT or (rerank and kind not in EXACT_KINDS)
+    reads_keys = kind == EXACT or reranks(kind, rerank)
     return sum(folder_bytes(f) for f in [*value_files, *index_dirs, *(key_files if reads_keys else [])])
 
 

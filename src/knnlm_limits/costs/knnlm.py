@@ -2,7 +2,7 @@
 (knn_queries), each shard's search for every query, one split after the other, SEARCH_BATCH
 queries at a time (knn_shard_search), and the merges of the shards' answers."""
 
-from ..index import EXACT_KINDS, exact_block_rows, ivf_shape, planned_kind
+from ..index import EXACT_KINDS, exact_block_rows, ivf_shape, planned_kind, reranks
 from .base import (SEARCH_BATCH, Estimate, MB, Job, assumed, cost, forward_seconds, gpu_resident, lm_pass_mb,
                    measured, search_threads, unknown, window_factor)
 
@@ -68,7 +68,7 @@ def knn_shard_search(job: Job) -> Estimate:
     knn, d = job.config["knn"], size["d"]
     kind = planned_kind(job.config)
     queries = valid + test
-    rerank = knn["rerank"] and kind not in EXACT_KINDS
+    rerank = reranks(kind, knn["rerank"])
     held, temporaries, secs = search(job.config, n_keys, d, queries, max(valid, test), kind, job.threads, rerank)
     k = min(knn["k"], n_keys)
     batch = min(SEARCH_BATCH, max(valid, test))

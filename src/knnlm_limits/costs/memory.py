@@ -5,7 +5,7 @@ control, the frontier's product-quantised datastores (trained once, a job a shar
 and the table."""
 
 from .. import memory
-from ..index import planned_kind
+from ..index import planned_kind, reranks
 from .base import (Estimate, MB, Job, assumed, cost, forward_seconds, lm_pass_mb, measured, positions_bytes, seconds,
                    small_job, unknown, window_factor)
 from .index import build
@@ -44,10 +44,11 @@ def memory_target_shard(job: Job) -> Estimate:
     knn, shard = job.config["knn"], job.shard_keys(n_keys)
     queries = _kl_queries(job, n_keys)
     kind = planned_kind(job.config)
-    held, temporaries, secs = search(job.config, shard, size["d"], queries, queries, kind, job.threads, knn["rerank"])
+    rerank = reranks(kind, knn["rerank"])
+    held, temporaries, secs = search(job.config, shard, size["d"], queries, queries, kind, job.threads, rerank)
     k = min(knn["k"] + 1, shard)
     return Estimate(measured()["light_process_mb"] + held + temporaries + queries * size["d"] * 4 / MB, 1 + secs / 60,
-                    disk_mb=queries * k * answer_bytes(job.config, knn["rerank"]) / MB)
+                    disk_mb=queries * k * answer_bytes(job.config, rerank) / MB)
 
 
 @cost("memory_targets")
