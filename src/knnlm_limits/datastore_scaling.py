@@ -17,16 +17,12 @@ import numpy as np
 import pandas as pd
 
 from .knnlm import SearchResults, grid, knnlm_logprob, tuned_setting
+from .memory import bootstrap_perplexity
 from .stats import bootstrap_ci
 
 COLUMNS = ["shards", "of_shards", "entries", "lambda", "temperature", "valid_ppl_tuned", "test_ppl_fixed",
            "fixed_ci_low", "fixed_ci_high", "test_ppl_tuned", "tuned_ci_low", "tuned_ci_high", "test_ppl_lm",
            "lm_ci_low", "lm_ci_high"]
-
-
-def _ppl_ci(logprobs: np.ndarray, bootstrap: dict) -> tuple[float, float, float]:
-    return bootstrap_ci(np.asarray(logprobs, dtype=np.float64)[:, None], lambda m: np.exp(-m[..., 0]),
-                        bootstrap["bootstrap_resamples"], bootstrap["seed"])
 
 
 def curve(sizes: list[int], of_shards: int, entries: list[int], found: dict, lambdas, temperatures,
@@ -36,7 +32,10 @@ def curve(sizes: list[int], of_shards: int, entries: list[int], found: dict, lam
     found: {size: {valid, test}} search results (files or SearchResults) of the datastore of
     the first `size` shards, which holds entries[i] entries. The LM's log-probs are the same
     at every size (one LM pass)."""
-    rows, tokens = [], {}
+    def ppl_ci(logprobs):
+        return bootstrap_perplexity(logprobs, bootstrap["bootstrap_resamples"], bootstrap["seed"])
+
+    rows, tokens, lm = [], {}, None
     for size, n in zip(sizes, entries):
         valid, test = (_load(found[size][s]) for s in ("valid", "test"))
         g = grid(valid, lambdas, temperatures)
@@ -47,8 +46,8 @@ def curve(sizes: list[int], of_shards: int, entries: list[int], found: dict, lam
             raise ValueError(f"the datastore of {size} shards was searched for other test positions than the first's")
         tokens[f"fixed_{size}"] = knnlm_logprob(test, *fixed)
         tokens[f"tuned_{size}"] = knnlm_logprob(test, lam, temperature)
-        fixed_ppl, tuned_ppl = _ppl_ci(tokens[f"fixed_{size}"], bootstrap), _ppl_ci(tokens[f"tuned_{size}"], bootstrap)
-        lm = _ppl_ci(tokens["lm"], bootstrap)
+        fixed_ppl, tuned_ppl = ppl_ci(tokens[f"fixed_{size}"]), ppl_ci(tokens[f"tuned_{size}"])
+        lm = lm or ppl_ci(tokens["lm"])  # one LM pass: the same at every size
         rows.append(dict(zip(COLUMNS, (size, of_shards, n, lam, temperature, float(g.perplexity.min()), *fixed_ppl,
                                        *tuned_ppl, *lm))))
     return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(tokens)
