@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -148,11 +149,10 @@ def ivf_shape(factory: str, d: int) -> tuple[int, int]:
     """(number of lists, bytes per code) of an 'IVF<n>,PQ<m>' / 'PQ<m>' / 'IVF<n>,SQ8' / 'IVF<n>,Flat' factory."""
     nlist, code = 1, 4 * d
     for part in factory.split(","):
-        if part.startswith("IVF"):
-            nlist = int("".join(ch for ch in part[3:] if ch.isdigit()) or 1)
-        elif part.startswith("PQ"):
-            m_sub = part[2:].split("x")
-            code = int(m_sub[0]) * (int(m_sub[1]) if len(m_sub) > 1 else 8) // 8
+        if ivf := re.match(r"IVF(\d+)", part):  # the list count only: 'IVF64_HNSW32' has 64 lists
+            nlist = int(ivf[1])
+        elif pq := re.match(r"PQ(\d+)(?:x(\d+))?", part):  # PQ<m>[x<bits>], then suffixes ('np', 'fs')
+            code = (int(pq[1]) * int(pq[2] or 8) + 7) // 8  # FAISS rounds a code's bits up to whole bytes
         elif part == "SQ8":
             code = d
         elif part in ("SQfp16", "SQ16"):
