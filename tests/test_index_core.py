@@ -77,3 +77,90 @@ def test_no_pq_index_is_trained_for_polysemous_search(factory):
     except RuntimeError:
         pq = faiss.downcast_index(built)
     assert not pq.do_polysemous_training
+
+
+# ---------------------------------------------------------------- searching
+
+
+def _brute(keys, queries):
+    """Squared L2 from each query to every key, in float64 from the stored (float16) keys."""
+    return ((queries.astype(np.float64)[:, None] - keys.astype(np.float64)[None]) ** 2).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def keys16():
+    return np.random.default_rng(7).normal(size=(3000, 8)).astype(np.float16)
+
+
+def test_an_exact_block_is_block_bytes_of_float32_rows_at_least_k_at_most_all():
+    """The exact search's block (and the memory estimate's): block_bytes / (4 d) rows."""
+    assert index.exact_block_rows(10_000, 5, 16, block_bytes=700 * 16 * 4) == 700
+    assert index.exact_block_rows(10_000, 900, 16, block_bytes=700 * 16 * 4) == 900
+    assert index.exact_block_rows(300, 5, 16, block_bytes=700 * 16 * 4) == 300
+
+
+@pytest.mark.parametrize("from_file", [False, True])
+def test_a_missing_neighbour_is_at_infinite_distance_even_in_a_one_key_datastore(tmp_path, from_file):
+    """An id of -1 (an IVF search that found too few keys) is at distance inf; it reads no
+    row (a one-key shard has no row 1)."""
+    key = np.array([[1, 2, 3, 4]], np.float16)
+    np.save(tmp_path / "k.npy", key)
+    queries = np.array([[0, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+    got = index.exact_distances(tmp_path / "k.npy" if from_file else key, queries, np.array([[0, -1], [-1, 0]]))
+    # by hand: |(1,2,3,4)|^2 = 30, |(0,1,2,3)|^2 = 14 (exact in float32)
+    np.testing.assert_array_equal(got, [[30, np.inf], [np.inf, 14]])
+
+
+def test_exact_distances_of_float64_queries_are_float64_distances_rounded_once(keys16):
+    """Differences and sums in float64, rounded to the float32 answer once: equal to the brute
+    force rounded to float32. A float64 rounding (~1e-16) moves that rounding only for a value
+    within 1e-16 of a float32 tie (odds ~1e-6 over these 120); float32 arithmetic (several
+    roundings of ~6e-8 each) misses it on most of them."""
+    queries = np.random.default_rng(8).normal(size=(6, 8))
+    ids = np.random.default_rng(9).integers(0, len(keys16), size=(6, 20))
+    got = index.exact_distances(keys16, queries, ids)
+    np.testing.assert_array_equal(got, np.take_along_axis(_brute(keys16, queries), ids, 1).astype(np.float32))
+
+
+def test_exact_distances_of_float16_queries_are_computed_in_float32(keys16):
+    """float16 queries are widened: float32 arithmetic is within ~1e-7 relative of the brute
+    force; rtol 1e-6 lets through no float16 arithmetic (~1e-3)."""
+    queries = np.random.default_rng(8).normal(size=(6, 8)).astype(np.float16)
+    ids = np.random.default_rng(9).integers(0, len(keys16), size=(6, 20))
+    got = index.exact_distances(keys16, queries, ids)
+    np.testing.assert_allclose(got, np.take_along_axis(_brute(keys16, queries), ids, 1), rtol=1e-6)
+
+
+def _tied(n_groups=4, copies=16, d=4):
+    """Keys of `n_groups` distinct integer vectors, each stored `copies` times (repeated contexts),
+    a query whose distances to them are distinct integers (exact in float32), and retrieved ids:
+    every key, shuffled (the order an index gives them)."""
+    base = np.arange(n_groups * d, dtype=np.float16).reshape(n_groups, d) % 5
+    keys = np.repeat(base, copies, axis=0)
+    query = np.zeros((1, d), np.float32)
+    ids = np.random.default_rng(0).permutation(len(keys))[None]
+    return keys, query, ids
+
+
+def _stable_order(keys, query, ids):
+    """ids sorted by exact distance, ties kept in their retrieved order (by hand, in float64)."""
+    dist = _brute(keys, query)[0]
+    return np.array([sorted(ids[0], key=lambda i: (dist[i], list(ids[0]).index(i)))])
+
+
+def test_rerank_keeps_the_retrieved_order_among_keys_at_equal_distance():
+    """Equal keys (a repeated context) are at equal exact distance: re-ranking sorts them
+    stably, so a rerun and every platform give the same neighbour ids in the same order."""
+    keys, query, ids = _tied()
+    dists, got = index.rerank(keys, query, np.zeros(ids.shape, np.float32), ids)
+    np.testing.assert_array_equal(got, _stable_order(keys, query, ids))
+    np.testing.assert_array_equal(dists[0], np.sort(_brute(keys, query)[0]))
+
+
+def test_a_reranking_searcher_keeps_the_indexs_order_among_keys_at_equal_distance(monkeypatch):
+    keys, query, ids = _tied()
+    searcher = index.Searcher(keys, "IVF1,Flat", rerank_exact=True)
+    exact = index.exact_distances(keys, query, ids)
+    monkeypatch.setattr(searcher, "candidates", lambda q, k: (exact, ids, exact))  # an index's answer
+    dists, got = searcher.search(query, ids.shape[1])
+    np.testing.assert_array_equal(got, _stable_order(keys, query, ids))
