@@ -164,3 +164,60 @@ def test_a_reranking_searcher_keeps_the_indexs_order_among_keys_at_equal_distanc
     monkeypatch.setattr(searcher, "candidates", lambda q, k: (exact, ids, exact))  # an index's answer
     dists, got = searcher.search(query, ids.shape[1])
     np.testing.assert_array_equal(got, _stable_order(keys, query, ids))
+
+
+def _nearest(keys, queries, k):
+    """The brute force's k nearest: (float64 distances, ids)."""
+    brute = _brute(keys, queries)
+    ids = np.argsort(brute, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(brute, ids, 1), ids
+
+
+def test_an_exact_faiss_index_of_a_shard_is_searched_exactly_and_never_reranked(tmp_path, keys16):
+    """SQfp16 (exact over float16 keys) through the index stage's two jobs: the shard's
+    search is the brute force's, and knn.rerank leaves it alone (its distances are exact)."""
+    np.save(tmp_path / "k.npy", keys16[:1000])
+    index.write_trained(tmp_path / "trained", [tmp_path / "k.npy"], "SQfp16", 500)
+    assert index.write_shard(tmp_path / "shard", tmp_path / "trained", tmp_path / "k.npy", chunk=300)["keys"] == 1000
+    searcher = index.Searcher.open(tmp_path / "shard", tmp_path / "k.npy", {"nprobe": 4, "rerank": True})
+    queries = np.random.default_rng(10).normal(size=(12, 8)).astype(np.float32)
+    assert searcher.candidates(queries, 5)[2] is None
+    dists, ids = searcher.search(queries, 5)
+    want_dists, want_ids = _nearest(keys16[:1000], queries, 5)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(dists, want_dists, rtol=1e-5)  # float32 rounding ~1e-7 relative
+
+
+@pytest.fixture(scope="module")
+def ivf_flat(keys16):
+    """IVF8,Flat over keys16: with all 8 lists probed, an exact search."""
+    return index.build(keys16, "IVF8,Flat", train_sample=1000)
+
+
+def test_a_searcher_given_no_nprobe_probes_as_its_index_does(keys16, ivf_flat):
+    exhaustive = faiss.clone_index(ivf_flat)
+    faiss.extract_index_ivf(exhaustive).nprobe = 8
+    queries = np.random.default_rng(11).normal(size=(40, 8)).astype(np.float32)
+    dists, ids = index.Searcher(keys16, "IVF8,Flat", exhaustive).search(queries, 3)
+    np.testing.assert_array_equal(ids, _nearest(keys16, queries, 3)[1])
+
+
+def test_an_in_memory_searcher_takes_nprobe_and_the_training_sample_from_the_settings(keys16):
+    settings = {"exact_max_keys": 100, "exact_index": "exact", "approximate_index": "IVF8,Flat",
+                "index_train_sample": 500, "nprobe": 8, "rerank": False}
+    searcher = index.Searcher.in_memory(keys16, settings)
+    # trained on the seeded sample of 500 keys, not on all 3000
+    centroids = lambda ix: faiss.extract_index_ivf(ix).quantizer.reconstruct_n(0, 8)  # noqa: E731
+    np.testing.assert_array_equal(centroids(searcher.index), centroids(index.trained(keys16, "IVF8,Flat", 500)))
+    # all 8 lists probed: exact (one list would miss neighbours across a list's border)
+    queries = np.random.default_rng(12).normal(size=(40, 8)).astype(np.float32)
+    np.testing.assert_array_equal(searcher.search(queries, 3)[1], _nearest(keys16, queries, 3)[1])
+
+
+def test_a_search_depends_only_on_its_queries_in_float32(keys16, ivf_flat):
+    """float64 queries are searched as their float32 values, re-ranking included: the same
+    answer, bit for bit (the same arithmetic on the same inputs)."""
+    searcher = index.Searcher(keys16, "IVF8,Flat", ivf_flat, nprobe=2, rerank_exact=True)
+    queries = np.random.default_rng(13).normal(size=(30, 8))
+    for got, want in zip(searcher.search(queries, 6), searcher.search(queries.astype(np.float32), 6)):
+        np.testing.assert_array_equal(got, want)
