@@ -221,3 +221,93 @@ def test_a_search_depends_only_on_its_queries_in_float32(keys16, ivf_flat):
     queries = np.random.default_rng(13).normal(size=(30, 8))
     for got, want in zip(searcher.search(queries, 6), searcher.search(queries.astype(np.float32), 6)):
         np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- the GPU search, with CPU stand-ins
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """FAISS-GPU's objects stood in by CPU ones that check their arguments as FAISS-GPU does
+    (resources of the right type, a device this machine has); GPU 0 with `free` bytes free."""
+    import sys
+    import types
+
+    import torch
+
+    made = []
+
+    class StandardGpuResources:
+        def __init__(self):
+            made.append(self)
+
+    def resources_of(res):
+        if not isinstance(res, StandardGpuResources):
+            raise TypeError("in method 'GpuIndexFlatL2', argument 2 of type 'faiss::gpu::GpuResourcesProvider *'")
+
+    def gpu_flat(res, d):
+        resources_of(res)
+        return faiss.IndexFlatL2(d)
+
+    def cpu_to_gpu(res, device, cpu_index):
+        resources_of(res)
+        if device not in range(faiss.get_num_gpus()):
+            raise RuntimeError(f"invalid device {device}")
+        moved = faiss.clone_index(cpu_index)
+        try:
+            faiss.extract_index_ivf(moved).nprobe = 1  # a GPU copy starts at FAISS's default
+        except RuntimeError:
+            pass
+        return moved
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", StandardGpuResources, raising=False)
+    monkeypatch.setattr(faiss, "GpuIndexFlatL2", gpu_flat, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", cpu_to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setitem(sys.modules, "faiss.contrib.torch_utils", types.ModuleType("torch_utils"))  # no patching
+    free = {"bytes": 2**40}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free["bytes"], 2 * free["bytes"]))
+    return types.SimpleNamespace(made=made, free=free)
+
+
+def test_the_gpu_search_gives_faiss_gpu_its_resources_and_gpu_0(fake_gpu, keys16, ivf_flat):
+    """Exact keys in a flat GPU index, an IVF index moved to GPU 0 with its nprobe (8 of 8
+    lists: exact), each built with the search's resources (test_memory checks the answers
+    against the CPU searcher's; here the stand-ins refuse what FAISS-GPU would)."""
+    queries = np.random.default_rng(14).normal(size=(40, 8)).astype(np.float32)
+    for searcher in (index.Searcher(keys16, "exact"),
+                     index.Searcher(keys16, "IVF8,Flat", faiss.clone_index(ivf_flat), nprobe=8)):
+        search, why = index.gpu_search(searcher, 4)
+        assert why is None
+        np.testing.assert_array_equal(search(queries)[1], _nearest(keys16, queries, 4)[1])
+
+
+def test_the_gpu_search_keeps_its_gpu_resources_alive(fake_gpu, keys16):
+    """FAISS frees a GPU index's memory with its resources: the search holds them."""
+    import gc
+    import weakref
+
+    search, _ = index.gpu_search(index.Searcher(keys16[:100], "exact"), 4)
+    held = weakref.ref(fake_gpu.made[0])
+    fake_gpu.made.clear()
+    gc.collect()
+    assert held() is not None
+    del search
+    gc.collect()
+    assert held() is None
+
+
+def test_exact_keys_go_on_the_gpu_while_their_float32_copy_fits_half_its_free_memory(fake_gpu, keys16):
+    keys = keys16[:100]  # 100 x 8 float32: 3,200 bytes
+    searcher = index.Searcher(keys, "exact")
+    fake_gpu.free["bytes"] = 6_400  # exactly twice
+    assert index.gpu_search(searcher, 4)[1] is None
+    fake_gpu.free["bytes"] = 6_399
+    assert index.gpu_search(searcher, 4) == (None, "its 0.0 GiB of float32 keys do not fit half the GPU's free 0.0 GiB")
+
+
+def test_keys_too_big_for_the_gpu_are_said_so_in_gib(fake_gpu):
+    keys = np.broadcast_to(np.float16(0), (2**27, 1))  # 0.5 GiB as float32, no memory here
+    fake_gpu.free["bytes"] = 2**30 - 2
+    assert index.gpu_search(index.Searcher(keys, "exact"), 4) == (
+        None, "its 0.5 GiB of float32 keys do not fit half the GPU's free 1.0 GiB")
