@@ -9,14 +9,18 @@ import pytest
 from knnlm_limits import index
 
 
-def _faiss_shape(factory: str, d: int) -> tuple[int, int]:
-    """(lists, bytes per code) as FAISS builds `factory`: one list for a non-IVF index."""
+def _faiss_shape(factory: str, d: int) -> tuple[int, int, int]:
+    """(lists, bytes per code, FLOPs of scanning a code) as FAISS builds `factory`: one list
+    for a non-IVF index; a PQ code scanned with one addition a sub-quantiser, any other by
+    its distance (2 d)."""
     built = faiss.index_factory(d, factory)
     try:
-        ivf = faiss.extract_index_ivf(built)
-        return ivf.nlist, ivf.code_size
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(built))
+        nlist, code = ivf.nlist, ivf.code_size
     except RuntimeError:
-        return 1, built.sa_code_size()
+        ivf = faiss.downcast_index(built)
+        nlist, code = 1, built.sa_code_size()
+    return nlist, code, ivf.pq.M if hasattr(ivf, "pq") else 2 * d
 
 
 @pytest.mark.parametrize("factory, d", [
@@ -24,9 +28,9 @@ def _faiss_shape(factory: str, d: int) -> tuple[int, int]:
     ("IVF8,SQ8", 16), ("IVF8,SQfp16", 16), ("SQfp16", 16), ("IVF8,Flat", 16), ("Flat", 16),
     ("IVF64_HNSW8,PQ4", 16), ("IVF64,PQ4np", 16), ("IVF64,PQ4x4fs", 16), ("OPQ4,IVF8,PQ4", 16),
 ])
-def test_ivf_shape_is_the_lists_and_code_size_faiss_builds(factory, d):
-    """The cost and memory estimates' list count and code bytes are FAISS's own."""
-    assert index.ivf_shape(factory, d) == _faiss_shape(factory, d)
+def test_ivf_shape_and_scan_flops_are_those_of_the_index_faiss_builds(factory, d):
+    """The cost and memory estimates' list count, code bytes and scan FLOPs are FAISS's own."""
+    assert (*index.ivf_shape(factory, d), index.code_scan_flops(factory, d)) == _faiss_shape(factory, d)
 
 
 # ---------------------------------------------------------------- reading the key file

@@ -170,8 +170,8 @@ def code_scan_flops(factory: str, d: int) -> int:
     """FLOPs of comparing a query with one stored code of `factory` while scanning a list: one
     table look-up addition per sub-quantiser of a PQ code, a distance (2 d) for a Flat or SQ code."""
     for part in factory.split(","):
-        if part.startswith("PQ"):
-            return int(part[2:].split("x")[0])
+        if pq := re.match(r"PQ(\d+)", part):  # PQ<m>[x<bits>][np|fs]
+            return int(pq[1])
     return 2 * d
 
 
