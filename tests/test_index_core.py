@@ -192,6 +192,15 @@ def test_an_exact_faiss_index_of_a_shard_is_searched_exactly_and_never_reranked(
     np.testing.assert_allclose(dists, want_dists, rtol=1e-5)  # float32 rounding ~1e-7 relative
 
 
+def test_a_shard_with_no_index_is_searched_exactly_and_says_so(tmp_path, keys16):
+    """Its kind names the search in the memory findings (their search FLOPs and 'search' column)."""
+    np.save(tmp_path / "k.npy", keys16[:500])
+    searcher = index.Searcher.of_shard(tmp_path / "k.npy", None, {"threads": 2})
+    assert searcher.kind == index.EXACT
+    queries = np.random.default_rng(16).normal(size=(12, 8)).astype(np.float32)
+    np.testing.assert_array_equal(searcher.search(queries, 5)[1], _nearest(keys16[:500], queries, 5)[1])
+
+
 @pytest.fixture(scope="module")
 def ivf_flat(keys16):
     """IVF8,Flat over keys16: with all 8 lists probed, an exact search."""
