@@ -24,7 +24,7 @@ def _faiss_shape(factory: str, d: int) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("factory, d", [
-    ("IVF8,PQ4", 16), ("IVF8,PQ4x4", 16), ("PQ4", 16), ("PQ5x4", 20), ("IVF8,PQ5x4", 20),
+    ("IVF8,PQ4", 16), ("IVF8,PQ4x4", 16), ("PQ4", 16), ("PQ5x4", 20), ("IVF8,PQ5x4", 20), ("PQ3x3", 12),
     ("IVF8,SQ8", 16), ("IVF8,SQfp16", 16), ("SQfp16", 16), ("IVF8,Flat", 16), ("Flat", 16),
     ("IVF64_HNSW8,PQ4", 16), ("IVF64,PQ4np", 16), ("IVF64,PQ4x4fs", 16), ("OPQ4,IVF8,PQ4", 16),
 ])
