@@ -199,3 +199,216 @@ def test_named_models_are_sized_from_the_config_folders_and_hub_table(workdir):
 def test_a_jobs_corpus_lm_is_the_one_its_wildcards_name(workdir, wildcards, expected):
     size = _job(_models_config(), wildcards=wildcards, base_dir=workdir).corpus_model_size()
     assert {key: size[key] for key in GPT2_SMALL} == {key: expected()[key] for key in GPT2_SMALL}
+
+
+# ---------------------------------------------------------------- training
+
+
+TRAIN = {"batch_size": 5, "checkpoints": [10, 40]}
+
+
+def test_training_on_cpu_holds_weights_gradients_moments_and_activations(unit):
+    """16 bytes a parameter (float32 weights, gradients, two AdamW moments) and activations per
+    token a layer a dimension, all in host memory; 6 FLOPs a parameter a token; up to the last
+    checkpoint; each checkpoint's weights and a resumable state (weights and moments)."""
+    job = _job(threads=3)
+    est = train_costs.training(job, SIZE, TRAIN, tokens_per_example=7)
+    tokens_per_step, steps, weights = 5 * 7, 40, 4 * SIZE["params"]
+    device = 16 * SIZE["params"] + tokens_per_step * SIZE["layers"] * SIZE["d"] * unit[
+        "activation_bytes_per_token_layer_dim"]
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + device / MB, rel=REL)
+    assert est.gpu_mem_mb == 0.0 and est.uses_gpu is False
+    flops = 6 * SIZE["params"] * tokens_per_step * steps
+    assert est.minutes * 60 == pytest.approx(flops / (3 * unit["cpu_flops_per_thread"]), rel=REL)
+    assert est.disk_mb == pytest.approx((2 * weights + 3 * weights) / MB, rel=REL)
+
+
+def test_training_on_a_gpu_keeps_the_state_there_and_pays_each_steps_launches(unit):
+    job = _job(threads=3, uses_gpu=True)
+    est = train_costs.training(job, SIZE, TRAIN, tokens_per_example=7, data_tokens=1000, steps=15, checkpoints=1,
+                               keep_optimizer=True)
+    tokens_per_step, weights = 35, 4 * SIZE["params"]
+    device = 16 * SIZE["params"] + tokens_per_step * SIZE["layers"] * SIZE["d"] * unit[
+        "activation_bytes_per_token_layer_dim"]
+    # the host holds a copy of the weights and the token stream
+    host = unit["process_mb"] + (weights + 1000 * unit["train_bytes_per_data_token"]) / MB
+    assert est.mem_mb == pytest.approx(host, rel=REL)
+    assert est.gpu_mem_mb == pytest.approx(device / MB, rel=REL) and est.uses_gpu is True
+    secs = 6 * SIZE["params"] * tokens_per_step * 15 / unit["gpu_flops"] + 15 * SIZE["layers"] * unit[
+        "gpu_seconds_per_step_layer"]
+    assert est.minutes * 60 == pytest.approx(secs, rel=REL)
+    # one checkpoint with its two moments, and the resumable state
+    assert est.disk_mb == pytest.approx((3 * weights + 3 * weights) / MB, rel=REL)
+
+
+def test_training_an_unknown_model_is_unknown_where_it_would_run():
+    est = train_costs.training(_job(uses_gpu=True), None, TRAIN, 7)
+    assert not est.known and est.uses_gpu is True
+
+
+@pytest.mark.parametrize("step, expected", [(50, 50), (100, 50), (200, 100)])
+def test_a_checkpoints_job_trains_the_steps_since_the_one_before(step, expected):
+    job = _job({"corpus_lm": {"train": {"checkpoints": [50, 100, 200]}}}, wildcards={"step": str(step)})
+    assert train_costs.segment(job, "corpus_lm") == (expected, 1)
+
+
+# ---------------------------------------------------------------- indexes
+
+
+@pytest.mark.parametrize("kind, code", [("Flat", 4 * 24), ("SQfp16", 2 * 24)])
+def test_a_flat_index_is_its_codes(unit, kind, code):
+    est = index_costs.build(kind, 5000, 24, 0, 2)
+    assert est.disk_mb == pytest.approx(5000 * code / MB, rel=REL)
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + 5000 * code / MB, rel=REL)
+    assert (est.minutes - 1) * 60 == pytest.approx(5000 * 24 * 1e-9, rel=REL)  # 1 ns a key dimension
+
+
+def test_training_an_ivf_index_is_k_means_over_its_sample(unit):
+    """IVF16,PQ8 over 32-d keys: 16 centroids, 8-byte codes. Trained on min(train_sample, keys)
+    keys: 25 k-means iterations of 2 d FLOPs a key a centroid; it holds the sample and writes
+    the centroids."""
+    d, sample = 32, 300
+    est = index_costs.build("IVF16,PQ8", 0, d, 500, 3, sample_of=sample)
+    centroids = 16 * d * 4
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + (sample * d * 4 + centroids) / MB, rel=REL)
+    assert est.disk_mb == pytest.approx(centroids / MB, rel=REL)
+    flops = 25 * sample * 16 * d * 2
+    assert (est.minutes - 1) * 60 == pytest.approx(flops / (3 * unit["cpu_flops_per_thread"]), rel=REL)
+
+
+def test_filling_an_ivf_index_stores_a_code_and_an_id_a_key(unit):
+    """IVF2,PQ8 filled with 1000 keys: each key's 8-byte code and int64 id in its list; adding
+    compares it with each centroid and encodes it against 256 centroids a sub-quantiser."""
+    d, n = 32, 1000
+    est = index_costs.build("IVF2,PQ8", n, d, 0, 2, sample_of=0)
+    stored = n * (8 + 8) + 2 * d * 4
+    assert est.disk_mb == pytest.approx(stored / MB, rel=REL)
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + stored / MB, rel=REL)
+    flops = n * 2 * d * 2 + n * d * 256 * 2
+    assert (est.minutes - 1) * 60 == pytest.approx(flops / (2 * unit["cpu_flops_per_thread"]), rel=REL)
+
+
+def test_a_pq_index_without_lists_stores_no_ids_and_trains_on_its_own_keys(unit):
+    d, n = 32, 1000
+    est = index_costs.build("PQ8", n, d, 100, 1)
+    assert est.disk_mb == pytest.approx((n * 8 + d * 4) / MB, rel=REL)  # one "list": no ids
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + (100 * d * 4 + n * 8 + d * 4) / MB, rel=REL)
+    flops = 25 * 100 * d * 2 + n * d * 2 + n * d * 256 * 2
+    assert (est.minutes - 1) * 60 == pytest.approx(flops / unit["cpu_flops_per_thread"], rel=REL)
+
+
+# ---------------------------------------------------------------- searches and merges
+
+
+def test_exact_search_is_a_blas_pass_on_the_search_threads(unit):
+    seconds = knnlm_costs.exact_seconds(300, 5000, 24, 16)
+    flops = 2 * 300 * 5000 * 24
+    assert seconds == pytest.approx(flops / (unit["cpu_flops_per_thread"] * 16 * unit[
+        "exact_search_thread_efficiency"]), rel=REL)
+
+
+def test_an_exact_search_holds_the_answers_and_one_key_block(unit):
+    """k neighbours (8 bytes each) and a 4d-byte query for each of the biggest split's
+    positions; a block of float32 keys (128 MiB of them, at least k, at most all) and one
+    batch's results."""
+    from knnlm_limits.index import BLOCK_BYTES
+
+    config, d = {"knn": {"k": 64}}, 24
+    for n_keys, k in [(5000, 64), (40, 40)]:  # fewer keys than k: k of them
+        held, temporaries, seconds = knnlm_costs.search(config, n_keys, d, 300, 200, "exact", 16)
+        assert held == pytest.approx(200 * (8 * k + 4 * d + unit["search_bytes_per_position"]) / MB, rel=REL)
+        block = min(n_keys, max(k, BLOCK_BYTES // (4 * d)))
+        batch = 200  # a batch is SEARCH_BATCH queries, or fewer where the split has fewer
+        assert temporaries == pytest.approx((block * d * 4 + batch * k * unit["exact_search_bytes_per_neighbour"])
+                                            / MB, rel=REL)
+        assert seconds == pytest.approx(knnlm_costs.exact_seconds(300, n_keys, d, 16), rel=REL)
+    _, temporaries, _ = knnlm_costs.search(config, 5000, d, 40_000, 40_000, "exact", 16)
+    batch_part = base.SEARCH_BATCH * 64 * unit["exact_search_bytes_per_neighbour"]
+    assert temporaries == pytest.approx((5000 * d * 4 + batch_part) / MB, rel=REL)
+
+
+@pytest.mark.parametrize("kind, nlist, ids", [("IVF2,PQ8", 2, 8), ("PQ8", 1, 0)])
+@pytest.mark.parametrize("nprobe", [1, 4])
+def test_an_approximate_search_scans_its_probed_lists_codes(unit, kind, nlist, ids, nprobe):
+    """The index read whole (each key's 8-byte code and, in lists, its id); nprobe of nlist
+    lists scanned (all of them at most), a code byte at a time, on the search threads."""
+    config, d, n_keys, queries = {"knn": {"k": 64, "nprobe": nprobe}}, 32, 5000, 300
+    held, temporaries, seconds = knnlm_costs.search(config, n_keys, d, queries, 200, kind, 16)
+    answers = 200 * (8 * 64 + 4 * d + unit["search_bytes_per_position"])
+    assert held == pytest.approx((answers + n_keys * (8 + ids)) / MB, rel=REL)
+    assert temporaries == pytest.approx(200 * 64 * unit["approximate_search_bytes_per_neighbour"] / MB, rel=REL)
+    scanned = queries * n_keys * min(nprobe, nlist) / nlist
+    threads = 16 * unit["pq_search_thread_efficiency"]
+    assert seconds == pytest.approx(scanned * 8 * unit["pq_seconds_per_code_byte"] / threads, rel=REL)
+
+
+def test_reranking_adds_a_random_read_a_neighbour(unit):
+    config = {"knn": {"k": 64, "nprobe": 1}}
+    plain = knnlm_costs.search(config, 5000, 32, 300, 200, "IVF2,PQ8", 1)
+    reranked = knnlm_costs.search(config, 5000, 32, 300, 200, "IVF2,PQ8", 1, rerank=True)
+    assert reranked[:2] == plain[:2]
+    assert reranked[2] - plain[2] == pytest.approx(300 * 64 * unit["random_read_seconds"], rel=1e-6)
+    on_four = knnlm_costs.search(config, 5000, 32, 300, 200, "IVF2,PQ8", 4, rerank=True)
+    plain_four = knnlm_costs.search(config, 5000, 32, 300, 200, "IVF2,PQ8", 4)
+    assert on_four[2] - plain_four[2] == pytest.approx(300 * 64 * unit["random_read_seconds"] / 4, rel=1e-6)
+
+
+def test_an_answer_is_a_distance_an_id_and_a_value_and_its_exact_distance_if_reranked():
+    row = np.dtype(np.float32).itemsize + np.dtype(np.int64).itemsize + np.dtype(np.int32).itemsize
+    assert knnlm_costs.answer_bytes({}, False) == row
+    assert knnlm_costs.answer_bytes({}, True) == row + np.dtype(np.float32).itemsize
+
+
+@pytest.mark.parametrize("rows", [700, 5000])  # fewer and more rows than a merge chunk
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_a_merge_holds_one_chunk_of_candidates_and_writes_k_a_row(unit, rows, with_ids):
+    from knnlm_limits.shards import MERGE_ROWS
+
+    shards, k, held_rows = 3, 16, 400
+    est = knnlm_costs.merge_estimate(_job(), shards, held_rows, rows, k, with_ids)
+    chunk = min(MERGE_ROWS, rows) * shards * k * unit["merge_bytes_per_candidate"]
+    assert est.mem_mb == pytest.approx(unit["light_process_mb"] + (held_rows * k * 8 + chunk) / MB, rel=REL)
+    assert (est.minutes - 1) * 60 == pytest.approx(rows * shards * k * unit["merge_seconds_per_candidate"],
+                                                   rel=1e-6)
+    # float32 distances and int32 values (and int64 ids)
+    assert est.disk_mb == pytest.approx(rows * k * (4 + 4 + (8 if with_ids else 0)) / MB, rel=REL)
+
+
+# ---------------------------------------------------------------- Macondo evaluations, memory
+
+
+@pytest.mark.parametrize("uses_gpu", [False, True])
+def test_an_evaluation_runs_every_checkpoint_over_its_tokens(unit, uses_gpu):
+    """Each of 4 checkpoints loaded and run forward over the Macondo evaluation tokens; two
+    copies of the weights on the host; on a GPU, the model and an 8,192-token batch."""
+    est = children.evaluation(_job(threads=3, uses_gpu=uses_gpu), SIZE, 4)
+    assert est.mem_mb == pytest.approx(unit["process_mb"] + 2 * 4 * SIZE["params"] / MB + unit["macondo_eval_mb"],
+                                       rel=REL)
+    flops = 2 * SIZE["params"] * unit["macondo_eval_tokens"] * 4
+    rate = unit["gpu_fp32_forward_flops"] if uses_gpu else 3 * unit["cpu_flops_per_thread"]
+    assert (est.minutes - 1) * 60 == pytest.approx(flops / rate + 4 * unit["checkpoint_load_seconds"], rel=1e-6)
+    gpu = (4 * SIZE["params"] + 8192 * SIZE["d"] * unit["activation_bytes_per_token_layer_dim"]) / MB
+    assert est.gpu_mem_mb == (pytest.approx(gpu, rel=REL) if uses_gpu else 0.0)
+    assert est.disk_mb == 0.0 and est.uses_gpu is uses_gpu
+
+
+def test_evaluating_an_unknown_model_is_unknown_where_it_would_run():
+    est = children.evaluation(_job(uses_gpu=True), None, 4)
+    assert not est.known and est.uses_gpu is True
+
+
+@pytest.mark.parametrize("kl_positions, n_keys", [(100, 1000), (None, 1000), (5000, 1000)])
+def test_the_planned_kl_queries_are_the_entries_the_memory_samples(kl_positions, n_keys):
+    job = _job({"memory": {"kl_positions": kl_positions}})
+    assert memory_costs._kl_queries(job, n_keys) == memory.kl_target_count(n_entries=n_keys, n=kl_positions)
+
+
+def test_the_planned_memory_is_the_configs_layers_and_expansion_over_the_lms_width():
+    """A memory of 2 layers and 3x expansion over the LM's 48-d keys and 701 tokens: the
+    parameters of that MemoryMLP, body and head."""
+    from knnlm_limits.memory_mlp import MemoryConfig, MemoryMLP
+
+    mlp = MemoryMLP(MemoryConfig(key_width=SIZE["d"], vocab_size=SIZE["vocab"], layers=2, expansion=3))
+    head = mlp.head.weight.numel()
+    body = sum(p.numel() for p in mlp.parameters()) - head
+    assert memory_costs._memory_params(_job({"memory": {"layers": 2}}), SIZE, 3) == {"body": body, "head": head}
