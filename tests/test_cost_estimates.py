@@ -412,3 +412,67 @@ def test_the_planned_memory_is_the_configs_layers_and_expansion_over_the_lms_wid
     head = mlp.head.weight.numel()
     body = sum(p.numel() for p in mlp.parameters()) - head
     assert memory_costs._memory_params(_job({"memory": {"layers": 2}}), SIZE, 3) == {"body": body, "head": head}
+
+
+# ---------------------------------------------------------------- the plan's plumbing
+
+
+def test_record_appends_one_json_line_a_job_for_make_plan(tmp_path, monkeypatch):
+    path = tmp_path / "estimates.jsonl"
+    est = costs.Estimate(12.5, 3.0, gpu_mem_mb=7.0, disk_mb=2.5, notes=["a note"])
+    monkeypatch.delenv(costs.ESTIMATES_FILE, raising=False)
+    costs.record("datastore", {"shard": 0}, est)  # not asked for: nothing written, nothing fails
+    assert not path.exists()
+    monkeypatch.setenv(costs.ESTIMATES_FILE, str(path))
+    costs.record("datastore", {"shard": 0, "model": "corpus_lm/a"}, est)
+    costs.record("knn_merge", {}, costs.Estimate(None, None))
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows == [
+        {"rule": "datastore", "wildcards": {"shard": "0", "model": "corpus_lm/a"}, "known": True, "mem_mb": 12.5,
+         "minutes": 3.0, "gpu_mem_mb": 7.0, "disk_mb": 2.5, "notes": ["a note"]},
+        {"rule": "knn_merge", "wildcards": {}, "known": False, "mem_mb": None, "minutes": None, "gpu_mem_mb": 0.0,
+         "disk_mb": 0.0, "notes": []}]
+
+
+PARTITIONS = {"cluster": {"partitions": [
+    {"name": "gpu-tiny", "gpu_mem_mb": 1, "max_runtime": 10_000},  # a GPU partition listed first
+    {"name": "gpu80", "gpu_mem_mb": 80_000, "max_runtime": 600},
+    {"name": "cpu", "gpu_mem_mb": 0, "max_runtime": 600},
+    {"name": "cpu-long", "gpu_mem_mb": 0, "max_runtime": 4000}]}}
+
+
+def test_a_cpu_job_goes_to_a_cpu_partition_whatever_the_order():
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1), 60) == "cpu"
+
+
+def test_a_job_fits_a_partition_with_exactly_its_runtime():
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1), 600) == "cpu"
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1), 601) == "cpu-long"
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1, gpu_mem_mb=9000, uses_gpu=True), 600) == "gpu80"
+
+
+def test_a_job_longer_than_every_partition_goes_to_the_longest():
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1), 5000) == "cpu-long"
+    assert costs.partition(PARTITIONS, costs.Estimate(1, 1, gpu_mem_mb=9000, uses_gpu=True), 5000) == "gpu80"
+    # an unknown GPU job (its size unknown) still asks for a GPU partition
+    assert costs.partition(PARTITIONS, base.unknown("why", uses_gpu=True), 60) == "gpu-tiny"
+
+
+def test_estimate_passes_the_rule_threads_gpu_and_workflow_folder_to_the_job(workdir, unit):
+    """The datastore of a local LM named relative to the workflow, on 2 CPU threads, then on a
+    GPU; the merge of all shards writes ids, that of the first shards does not."""
+    config = {**_models_config(), "corpus": {"max_train_tokens": 4000, "eval_tokens": {"valid": 300, "test": 500},
+                                             "block_size": 8, "stride": None},
+              "knn": {"shards": 2, "batch_tokens": 0, "k": 16}}
+    wildcards = {"model": f"pretrained/{folder_name('models/lm')}", "shard": "0"}
+    cpu = costs.estimate("datastore", config, wildcards, threads=2, uses_gpu=False, base_dir=workdir)
+    flops = 2 * _size_of(TINY_LM)["params"] * 2000
+    assert cpu.minutes * 60 == pytest.approx(flops / (2 * unit["cpu_flops_per_thread"]), rel=REL)
+    assert cpu.gpu_mem_mb == 0.0 and not cpu.uses_gpu
+    gpu = costs.estimate("datastore", config, wildcards, threads=2, uses_gpu=True, base_dir=workdir)
+    assert gpu.uses_gpu is True and gpu.gpu_mem_mb > 0
+    merged = costs.estimate("knn_merge", config, {}, threads=1, uses_gpu=False, base_dir=workdir)
+    first = costs.estimate("knn_merge_first_shards", config, {"size": "2"}, threads=1, uses_gpu=False,
+                           base_dir=workdir)
+    assert merged.disk_mb == pytest.approx(800 * 16 * (4 + 4 + 8) / MB, rel=REL)
+    assert first.disk_mb == pytest.approx(800 * 16 * (4 + 4) / MB, rel=REL)
