@@ -31,6 +31,8 @@ MODEL_CONFIGS = {  # tiny configs of each supported family: random weights, noth
     "qwen2 (grouped-query, untied)": (Qwen2Config, Qwen2ForCausalLM, dict(GQA, tie_word_embeddings=False)),
     "mistral (grouped-query, head_dim)": (MistralConfig, MistralForCausalLM, dict(GQA, num_key_value_heads=4,
                                                                                     head_dim=12)),
+    # an MLP width other than the gated width of d (176 for d 64)
+    "llama (intermediate_size of its own)": (LlamaConfig, LlamaForCausalLM, dict(GQA, intermediate_size=100)),
 }
 
 
@@ -45,6 +47,24 @@ def test_model_size_counts_the_parameters_a_model_has(name):
     cfg = config_cls(**kwargs)
     spec = json.loads(cfg.to_json_string())  # what a config.json holds
     assert costs.model_size(spec)["params"] == _parameters(model_cls(cfg))
+
+
+def test_model_size_reads_a_config_json_that_leaves_the_defaults_out():
+    """A config.json need not spell out what its model type defaults to: a Llama one without
+    tie_word_embeddings is untied (LlamaConfig's default); one with neither model_type nor
+    architecture is a GPT-2 if it uses GPT-2's names, else a tied Llama-family model (as a shape
+    is built). The width, depth and vocabulary come back as given."""
+    llama = dict(GQA, model_type="llama")
+    assert costs.model_size(llama)["params"] == _parameters(LlamaForCausalLM(LlamaConfig(**GQA)))
+    gpt2 = dict(n_layer=3, n_embd=96, n_head=4, vocab_size=1000, n_positions=64)
+    size = costs.model_size(gpt2)
+    assert size["params"] == _parameters(GPT2LMHeadModel(GPT2Config(**gpt2)))
+    assert (size["d"], size["layers"], size["vocab"]) == (96, 3, 1000)
+    size = costs.model_size(llama)
+    assert (size["d"], size["layers"], size["vocab"]) == (64, 2, 900)
+    # Llama's names and no model_type: sized as a shape of that family is built (tied)
+    assert costs.model_size(GQA)["params"] == _parameters(LlamaForCausalLM(LlamaConfig(**GQA,
+                                                                                      tie_word_embeddings=True)))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "qwen2"])

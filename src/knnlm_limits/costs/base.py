@@ -212,10 +212,6 @@ class Job:
             return None
         return min(n_keys, -(-n_keys // self.shards) + self.config["knn"]["batch_tokens"])
 
-    def first_shards_keys(self, n_keys: int | None, count: int) -> int | None:
-        """Entries of the first `count` shards."""
-        return None if n_keys is None else min(n_keys, count * -(-n_keys // self.shards) + self.config["knn"]["batch_tokens"])
-
 
 # ---------------------------------------------------------------- shared per-unit formulas
 
