@@ -1,0 +1,301 @@
+"""Each finding's row recomputed by hand from tiny synthetic inputs: its estimate, interval and
+holds/not-holds decision (one input built so the claim holds, one so it fails), and the columns
+that say what the number is (finding, setting, n_children, ci_over, scale) and the numbers in its
+note. The inputs are built so that the answer is known in closed form: a column shifted by a
+constant c from another has a perplexity exp(-c) times the other's in every paired resample, so
+a ratio or a sign is the same in every resample; over seeds, Student t's interval is computed from
+the textbook quantiles t(0.975; 2) = 4.303.
+
+Tolerances: rel 1e-9 to 1e-12 where a value is recomputed another way (float64 rounding
+reaches ~1e-14 here: means of ~150 values, differences of perplexities 5% apart); every mutant
+these checks catch moves the value by more than 1e-3. The Markdown's 3 significant digits are
+read back within 5e-3.
+
+These functions run inside the workflow's scripts, which mutation testing cannot see: the
+tests here call them in-process with the frames those scripts pass them.
+"""
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from knnlm_limits import findings
+from knnlm_limits.stats import bootstrap_ci
+
+SCALE = {"model": "m", "architecture": "gpt2", "n_layer": 2, "n_embd": 8, "vocab_size": 50, "step": 20,
+         "train_tokens": 1000, "key": "mlp_input"}
+T975_DF2 = 4.303  # Student t, 97.5% quantile, 2 degrees of freedom (3 seeds), from the t table
+RESAMPLES, SEED = 300, 3
+
+
+def _numbers(text: str) -> list[float]:
+    """The numbers written in a note or criterion (thousands separators dropped)."""
+    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e[+-]\d+)?", text.replace(",", ""))]
+
+
+def _check_row(row, finding, ci_over, setting="", n_children="all", rule=None, scale=SCALE):
+    """The columns that say what a row's number is; `rule` ("above 0", ...) is in its criterion."""
+    assert set(row) == set(findings.COLUMNS)
+    assert row["finding"] == finding and row["ci_over"] == ci_over
+    assert row["setting"] == setting and row["n_children"] == n_children
+    assert {k: row[k] for k in findings.SCALE_COLUMNS} == {k: scale.get(k) for k in findings.SCALE_COLUMNS}
+    assert isinstance(row["paper"], str) and row["paper"]
+    assert isinstance(row["criterion"], str) and (rule is None or rule in row["criterion"])
+    assert isinstance(row["note"], str)
+
+
+def _estimate(row):
+    return row["measured"], row["ci_low"], row["ci_high"]
+
+
+def _ppl_diff(means):  # the test's own statistic, for intervals recomputed with stats.bootstrap_ci
+    return np.exp(-means[..., 0]) - np.exp(-means[..., 1])
+
+
+# ---------------------------------------------------------------- Table 1
+
+
+def _summary(converged=(True, False, True)):
+    rows = [("f", "proj_f", 11, 0.125), ("f∘g", "proj_fg", 22, 0.25), ("f reverse", "proj_f_reverse", 33, 0.375)]
+    return pd.DataFrame([{"projection": p, "column": c, "direction": "reverse", "solver": "lbfgs", "iterations": it,
+                          "final_mean_kl": kl, "converged": ok} for (p, c, it, kl), ok in zip(rows, converged)])
+
+
+def _table1(hold: bool, setting="tuned"):
+    """150 projected tokens, 200 whole-test-set tokens. The kNN-LM is the LM shifted by +0.05
+    (hold) or -0.05 (fail) a token; a projection equal to the kNN-LM has gap 0 in every
+    resample, equal to the LM gap 1; the convex one, the LM shifted by s in [0.03, 0.05] a
+    token (hold), has gap (e^-s̄ - e^-0.05) / (1 - e^-0.05) in [0, 0.394] in every resample."""
+    rng = np.random.default_rng(1)
+    c = 0.05 if hold else -0.05
+    lm = np.log(rng.uniform(0.1, 0.3, 150))
+    knnlm = lm + c
+    shift = rng.uniform(0.03, 0.05, 150)
+    proj = ({"proj_f": knnlm, "proj_fg": lm, "proj_f_reverse": lm + shift} if hold else
+            {"proj_f": lm, "proj_fg": knnlm, "proj_f_reverse": lm})
+    per_token = pd.DataFrame({"lm": lm, "knnlm": knnlm, **proj})
+    test_lm = np.log(rng.uniform(0.1, 0.3, 200))
+    rows = findings.table1(per_token, test_lm, test_lm + c, _summary(), SCALE, setting, RESAMPLES, SEED)
+    return {r["finding"]: r for r in rows}, per_token, test_lm, shift
+
+
+def test_table1_claims_built_to_hold():
+    rows, per_token, test_lm, shift = _table1(hold=True)
+    assert list(rows) == ["knnlm_beats_lm", "softmax_bottleneck_ruled_out", "softmax_bottleneck_ruled_out_convex",
+                          "mlp_hurdle_in_projection"]
+    beats = rows["knnlm_beats_lm"]
+    _check_row(beats, "knnlm_beats_lm", "200 test tokens", "tuned", rule="above 0")
+    assert beats["note"] == ""
+    # ppl_lm (1 - e^-0.05) with ppl_lm in [3.3, 10] in every resample: the interval inside (0.16, 0.49)
+    assert beats["measured"] == pytest.approx(np.exp(-test_lm.mean()) * (1 - np.exp(-0.05)), rel=1e-12)
+    expected = bootstrap_ci(np.column_stack([test_lm, test_lm + 0.05]), _ppl_diff, RESAMPLES, SEED)
+    assert _estimate(beats) == pytest.approx(expected, rel=1e-12)
+    assert 0.16 < beats["ci_low"] < beats["ci_high"] < 0.49 and beats["holds"]
+    f, fg = rows["softmax_bottleneck_ruled_out"], rows["mlp_hurdle_in_projection"]
+    assert _estimate(f) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12) and f["holds"]
+    assert _estimate(fg) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12) and fg["holds"]
+    convex = rows["softmax_bottleneck_ruled_out_convex"]
+    gap = (np.exp(-shift.mean()) - np.exp(-0.05)) / (1 - np.exp(-0.05))
+    assert convex["measured"] == pytest.approx(gap, rel=1e-9)
+
+    def own_gap(means):
+        ppl = np.exp(-means)
+        return (ppl[..., 2] - ppl[..., 1]) / (ppl[..., 0] - ppl[..., 1])
+
+    columns = per_token[["lm", "knnlm", "proj_f_reverse"]].to_numpy()
+    assert _estimate(convex) == pytest.approx(bootstrap_ci(columns, own_gap, RESAMPLES, SEED), rel=1e-9)
+    assert 0 <= convex["ci_low"] < convex["ci_high"] < 0.395 and convex["holds"]
+    for finding, rule in (("softmax_bottleneck_ruled_out", "below 0.5"), ("mlp_hurdle_in_projection", "above 0.5"),
+                          ("softmax_bottleneck_ruled_out_convex", "below 0.5")):
+        _check_row(rows[finding], finding, "150 test tokens", "tuned", rule=rule)
+
+
+def test_table1_claims_built_to_fail():
+    """The kNN-LM worse than the LM by 0.05 a token; f's projections equal to the LM (gap 1),
+    f∘g's equal to the kNN-LM (gap 0): no claim holds."""
+    rows, _, test_lm, _ = _table1(hold=False)
+    beats = rows["knnlm_beats_lm"]
+    assert beats["measured"] == pytest.approx(np.exp(-test_lm.mean()) * (1 - np.exp(0.05)), rel=1e-12)
+    assert beats["ci_high"] < 0 and not beats["holds"]
+    for finding, gap in (("softmax_bottleneck_ruled_out", 1.0), ("softmax_bottleneck_ruled_out_convex", 1.0),
+                         ("mlp_hurdle_in_projection", 0.0)):
+        assert _estimate(rows[finding]) == pytest.approx((gap,) * 3, abs=1e-12) and not rows[finding]["holds"]
+
+
+def test_table1_notes_state_each_solver_and_whether_it_converged():
+    rows, *_ = _table1(hold=True, setting="fixed")
+    assert {r["setting"] for r in rows.values()} == {"fixed"}
+    for finding, iterations, kl, converged in (("softmax_bottleneck_ruled_out", 11, 0.125, True),
+                                               ("mlp_hurdle_in_projection", 22, 0.25, False),
+                                               ("softmax_bottleneck_ruled_out_convex", 33, 0.375, True)):
+        note = rows[finding]["note"]
+        assert iterations in _numbers(note) and kl in _numbers(note)
+        assert ("NOT converged" in note) == (not converged) and "converged" in note
+
+
+def test_a_knnlm_no_better_than_the_lm_does_not_beat_it():
+    """Equal log-probs: the difference is 0 in every resample, an interval [0, 0] is not above 0."""
+    lm = np.log(np.random.default_rng(2).uniform(0.1, 0.3, 50))
+    per_token = pd.DataFrame({"lm": lm, "knnlm": lm + 0.1, "proj_f": lm, "proj_fg": lm, "proj_f_reverse": lm})
+    beats = findings.table1(per_token, lm, lm.copy(), _summary(), SCALE, "fixed", RESAMPLES, SEED)[0]
+    assert _estimate(beats) == (0.0, 0.0, 0.0) and not beats["holds"]
+
+
+# ---------------------------------------------------------------- where retrieval helps
+
+
+def test_knn_gains_passes_its_estimate_through_and_holds_strictly_above_zero():
+    row = findings.knn_gains((0.4, 0.2, 0.6), 321, SCALE)[0]
+    _check_row(row, "knn_gain_concentrated_in_rare_tokens", "321 test tokens", "fixed", rule="above 0")
+    assert _estimate(row) == (0.4, 0.2, 0.6) and row["holds"]
+    assert not findings.knn_gains((0.1, -0.1, 0.3), 321, SCALE)[0]["holds"]
+    assert not findings.knn_gains((0.3, 0.0, 0.6), 321, SCALE)[0]["holds"]  # touching 0 is not above it
+
+
+def test_search_fidelity_holds_strictly_below_zero_and_states_the_recall():
+    table = pd.DataFrame({"recall_at_k": [1.0, 0.5, 0.75, 0.75]})
+    row = findings.search_fidelity((-0.3, -0.5, -0.1), table, SCALE)[0]
+    _check_row(row, "approximate_search_lowers_perplexity", "4 test queries", "fixed", rule="below 0")
+    assert _estimate(row) == (-0.3, -0.5, -0.1) and row["holds"]
+    assert _numbers(row["note"]) == [0.75]
+    assert not findings.search_fidelity((-0.2, -0.4, 0.0), table, SCALE)[0]["holds"]  # touching 0
+    assert not findings.search_fidelity((0.2, 0.1, 0.3), table, SCALE)[0]["holds"]
+
+
+def _sizes(*entries):
+    return pd.DataFrame([{"shards": i + 1, "of_shards": 4, "entries": e} for i, e in enumerate(entries)])
+
+
+def test_datastore_growth_measured_from_two_sizes():
+    row = findings.datastore_growth((0.5, 0.2, 0.8), _sizes(1000, 2000), 77, SCALE)[0]
+    _check_row(row, "knn_gain_grows_with_datastore", "77 test tokens", rule="above 0")
+    assert _estimate(row) == (0.5, 0.2, 0.8) and row["holds"]
+    assert row["note"].startswith("perplexity per doubling")
+    sizes = re.findall(r"(\d+)/(\d+) shards (\d{1,3}(?:,\d{3})*)", row["note"])
+    assert sizes == [("1", "4", "1,000"), ("2", "4", "2,000")]
+    assert not findings.datastore_growth((-0.1, -0.3, 0.1), _sizes(1000, 2000), 77, SCALE)[0]["holds"]
+
+
+def test_datastore_growth_unmeasured_from_one_size():
+    row = findings.datastore_growth((0.7, 0.1, 1.2), _sizes(1000), 77, SCALE)[0]
+    assert row["measured"] == 0.7 and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"]) and not row["holds"]
+    assert row["note"].startswith("not measured") and "1/4 shards 1,000" in row["note"]
+
+
+# ---------------------------------------------------------------- the parametric memory
+
+
+def _memory_inputs(hold=True, n=120):
+    """Each column the LM shifted by a constant a token, so each perplexity difference has the
+    sign of its shift in every resample and, ppl_lm in [3.3, 10], lies inside (0, 1) when it
+    holds; the memory's bytes ratio 1,500 / 1,000 = 1.5. The control memory's row comes first
+    in the table, so only (kind, component) together pick the main memory's."""
+    lm = np.log(np.random.default_rng(5).uniform(0.1, 0.3, n))
+    s = 1.0 if hold else -1.0
+    tokens = pd.DataFrame({"lm": lm, "knnlm_fixed": lm + 0.2, "knnlm_tuned": lm + 0.3,
+                           "lm_memory_imit_fixed": lm + 0.1, "lm_memory_imit": lm + s * 0.15,
+                           "lm_more": lm + 0.05, "memory_imit": lm + s * 0.02, "lm_memory_vals": lm + 0.1})
+    table = pd.DataFrame([
+        {"kind": "knn", "component": "kNN-LM", "bytes": 1500},
+        {"kind": "memory", "component": "LM + memory vals", "bytes": 999, "train_flops": 7e8,
+         "target_search_flops": 0.0},
+        {"kind": "memory", "component": "LM + memory imit", "bytes": 1000, "train_flops": 2e9,
+         "target_search_flops": 5e8},
+        {"kind": "more_training", "component": "LM trained further", "bytes": 0, "train_flops": 2.5e9,
+         "extra_steps": 44},
+    ])
+    return tokens, table
+
+
+def _memory_rows(tokens, table, head="lm", control="vals"):
+    rows = findings.memory(tokens, table, "imit", control, head, SCALE, RESAMPLES, SEED)
+    return {(r["finding"], r["setting"]): r for r in rows}, rows
+
+
+def test_memory_claims_built_to_hold():
+    tokens, table = _memory_inputs(hold=True)
+    rows, listed = _memory_rows(tokens, table)
+    assert len(listed) == len(rows) == 6
+    ppl_lm = np.exp(-tokens.lm.mean())
+    over = "120 test tokens"
+    # recovered: (1 - e^-m) / (1 - e^-k), the same in every resample
+    for setting, m, k in (("fixed", 0.1, 0.2), ("tuned", 0.15, 0.3)):
+        row = rows[("memory_recovers_knn_gain", setting)]
+        _check_row(row, "memory_recovers_knn_gain", over, setting, rule="above 0")
+        share = (1 - np.exp(-m)) / (1 - np.exp(-k))
+        assert _estimate(row) == pytest.approx((share,) * 3, rel=1e-9) and row["holds"]
+        assert "memory imit" in row["note"]
+    for (finding, setting), a, b in ((("memory_beats_more_training", "tuned"), 0.05, 0.15),
+                                     (("memory_alone_beats_lm", ""), 0.0, 0.02),
+                                     (("memory_imitation_helps", "tuned"), 0.1, 0.15)):
+        row = rows[(finding, setting)]
+        _check_row(row, finding, over, setting, rule="above 0")
+        assert row["measured"] == pytest.approx(ppl_lm * (np.exp(-a) - np.exp(-b)), rel=1e-9)
+        assert 0 < row["ci_low"] <= row["measured"] <= row["ci_high"] < 1 and row["holds"]
+        assert "memory imit" in row["note"]
+    columns = tokens[["lm_more", "lm_memory_imit"]].to_numpy()
+    assert _estimate(rows[("memory_beats_more_training", "tuned")]) == pytest.approx(
+        bootstrap_ci(columns, _ppl_diff, RESAMPLES, SEED), rel=1e-12)
+    ratio = rows[("memory_smaller_than_datastore", "")]
+    _check_row(ratio, "memory_smaller_than_datastore", "bytes", rule="above 1")
+    assert _estimate(ratio) == (1.5, 1.5, 1.5) and ratio["holds"]
+
+
+def test_memory_claims_built_to_fail():
+    """LM + memory and the memory alone worse than the LM: no claim on them holds; a memory
+    larger than the datastore is not smaller."""
+    tokens, table = _memory_inputs(hold=False)
+    table.loc[table.component == "LM + memory imit", "bytes"] = 1500  # ratio exactly 1: not above 1
+    rows, _ = _memory_rows(tokens, table)
+    assert rows[("memory_recovers_knn_gain", "tuned")]["measured"] == pytest.approx(
+        (1 - np.exp(0.15)) / (1 - np.exp(-0.3)), rel=1e-9)
+    for key in (("memory_recovers_knn_gain", "tuned"), ("memory_beats_more_training", "tuned"),
+                ("memory_alone_beats_lm", ""), ("memory_imitation_helps", "tuned")):
+        assert rows[key]["ci_high"] < 0 and not rows[key]["holds"]
+    ratio = rows[("memory_smaller_than_datastore", "")]
+    assert _estimate(ratio) == (1.0, 1.0, 1.0) and not ratio["holds"]
+
+
+def test_memory_notes_state_the_compute_and_the_bytes():
+    tokens, table = _memory_inputs()
+    rows, _ = _memory_rows(tokens, table)
+    more = rows[("memory_beats_more_training", "tuned")]["note"]
+    assert {44, 2.5e9, 2e9, 5e8} <= set(_numbers(more))
+    imitation = rows[("memory_imitation_helps", "tuned")]
+    assert "imit" in imitation["note"] and "vals" in imitation["note"]
+    assert {2e9, 5e8, 25} <= set(_numbers(imitation["criterion"]))  # the search is 25% of its training
+    bytes_note = rows[("memory_smaller_than_datastore", "")]["note"]
+    assert {1500, 1000} <= set(_numbers(bytes_note)) and "memory imit" in bytes_note
+    assert "its head counted" in bytes_note and "not counted" not in bytes_note
+    frozen, _ = _memory_rows(tokens, table, head="lm_frozen")
+    assert "the LM's own head not counted" in frozen[("memory_smaller_than_datastore", "")]["note"]
+
+
+def test_memory_without_more_training_or_control_has_no_such_row():
+    tokens, table = _memory_inputs()
+    rows, listed = _memory_rows(tokens.drop(columns="lm_more"), table[table.kind != "more_training"], control=None)
+    assert [r["finding"] for r in listed] == ["memory_recovers_knn_gain", "memory_recovers_knn_gain",
+                                              "memory_alone_beats_lm", "memory_smaller_than_datastore"]
+
+
+def test_memory_recovers_nothing_where_the_knnlm_gain_interval_reaches_zero():
+    """At the fixed setting the kNN-LM is the LM shifted by +-0.3 token by token (mean shift 0:
+    a difference of 0 whose interval straddles 0); at the tuned one it is the LM itself
+    (interval [0, 0]). Neither has a gain to recover: unmeasured, and the note gives the gain."""
+    tokens, table = _memory_inputs()
+    lm = tokens.lm.to_numpy()
+    tokens["knnlm_fixed"] = lm + np.where(np.arange(len(lm)) % 2 == 0, 0.3, -0.3)
+    tokens["knnlm_tuned"] = lm
+    rows, _ = _memory_rows(tokens, table)
+    fixed, tuned = rows[("memory_recovers_knn_gain", "fixed")], rows[("memory_recovers_knn_gain", "tuned")]
+    for row in (fixed, tuned):
+        assert all(math.isnan(x) for x in _estimate(row)) and not row["holds"] and row["ci_over"] == "unmeasured"
+    point, low, high = bootstrap_ci(tokens[["lm", "knnlm_fixed"]].to_numpy(), _ppl_diff, RESAMPLES, SEED)
+    assert point == pytest.approx(0.0, abs=1e-12) and low < 0 < high
+    gain = re.search(r"ppl_knnlm is (\S+) \[(\S+), (\S+)\] \((\d+) test tokens\)", fixed["note"])
+    assert [float(x) for x in gain.groups()] == pytest.approx([point, low, high, 120], rel=1e-3, abs=1e-9)
+    assert "memory imit" in fixed["note"]
