@@ -299,3 +299,155 @@ def test_memory_recovers_nothing_where_the_knnlm_gain_interval_reaches_zero():
     gain = re.search(r"ppl_knnlm is (\S+) \[(\S+), (\S+)\] \((\d+) test tokens\)", fixed["note"])
     assert [float(x) for x in gain.groups()] == pytest.approx([point, low, high, 120], rel=1e-3, abs=1e-9)
     assert "memory imit" in fixed["note"]
+
+
+# ---------------------------------------------------------------- Figures 1-3, over seeds and prompts
+
+
+def _t95(values):
+    """Student t's 95% interval of the mean of 3 per-seed values, by hand."""
+    values = np.asarray(values, dtype=float)
+    half = T975_DF2 * values.std(ddof=1) / math.sqrt(3)
+    return values.mean(), values.mean() - half, values.mean() + half
+
+
+def _children(rows):
+    """One row per child: two children a parent, their log-likelihoods value +- 0.1 (mean: value)."""
+    out = []
+    for seed, variant, method, step, value in rows:
+        for i, offset in enumerate((-0.1, 0.1)):
+            out.append({"parent": f"p{seed}", "child": f"c{i}", "n_children": 2, "seed": seed, "variant": variant,
+                        "method": method, "step": step, "loglik": value + offset})
+    return pd.DataFrame(out)
+
+
+def _figure1_children(early, at_zero, knn_variants=("full",)):
+    """Steps 0, 1, 10, 20, 40, 100; early_fraction 0.2: the early checkpoints are 1, 10 and 20.
+    no_last_mlp minus full LM at seed s: early[s] - 0.6, early[s], early[s] + 0.6 at steps 1, 10,
+    20 (mean early[s]), 5 at step 0 and -5 later; kNN-LM minus LM at step 0: at_zero[s] (and 7 at
+    step 1, which the claim must not read)."""
+    rows = []
+    for seed in range(3):
+        for step in (0, 1, 10, 20, 40, 100):
+            rows.append((seed, "full", "lm", step, -3.0))
+            diff = {0: 5.0, 1: early[seed] - 0.6, 10: early[seed], 20: early[seed] + 0.6}.get(step, -5.0)
+            rows.append((seed, "no_last_mlp", "lm", step, -3.0 + diff))
+            for variant in knn_variants:
+                lm = -3.0 if variant == "full" else -3.0 + diff
+                rows.append((seed, variant, "knnlm", step, lm + (at_zero[seed] if step == 0 else 7.0)))
+    return _children(rows)
+
+
+def test_figure1_claims_built_to_hold():
+    scale = {"model": "memorization/tiny", "architecture": "gpt2", "n_layer": 2, "n_embd": 8, "vocab_size": 50}
+    rows = findings.figure1(_figure1_children([1.0, 1.5, 2.0], [0.9, 1.0, 1.1]), scale, 0.2)
+    early, zero = rows
+    _check_row(early, "no_last_mlp_learns_faster_early", "3 seeds", rule="above 0", scale=scale)
+    assert _estimate(early) == pytest.approx(_t95([1.0, 1.5, 2.0]), rel=1e-9)  # [0.258, 2.742]
+    assert early["holds"]
+    numbers = re.search(r"steps ([\d, ]+) \(<= ([\d.]+) x (\d+)\)", early["note"]).groups()
+    assert (numbers[0], float(numbers[1]), int(numbers[2])) == ("1, 10, 20", 0.2, 100)
+    _check_row(zero, "knn_high_from_random_encoder", "3 seeds", rule="above 0", scale=scale)
+    assert _estimate(zero) == pytest.approx(_t95([0.9, 1.0, 1.1]), rel=1e-9)  # [0.752, 1.248]
+    assert zero["holds"] and "full" in zero["note"]
+
+
+def test_figure1_claims_built_to_fail_one_row_per_knn_variant():
+    rows = findings.figure1(_figure1_children([-1.0, 0.5, 2.0], [-1.0, -0.5, 0.0], ("full", "no_last_mlp")),
+                            SCALE, 0.2)
+    assert [r["finding"] for r in rows] == ["no_last_mlp_learns_faster_early"] + ["knn_high_from_random_encoder"] * 2
+    assert _estimate(rows[0]) == pytest.approx(_t95([-1.0, 0.5, 2.0]), rel=1e-9) and not rows[0]["holds"]
+    for row, variant in zip(rows[1:], ("full", "no_last_mlp")):
+        assert _estimate(row) == pytest.approx(_t95([-1.0, -0.5, 0.0]), rel=1e-9) and not row["holds"]
+        assert variant in row["note"]
+
+
+def test_figure1_unmeasured_without_early_checkpoints_step_zero_or_both_variants():
+    children = _figure1_children([1.0, 1.5, 2.0], [0.9, 1.0, 1.1])
+    late = children[children.step.isin([0, 100])]
+    no_zero = children[children.step != 0]
+    one_variant = children[children.variant == "full"]
+    for frame, which in ((late, 0), (no_zero, 1), (one_variant, 0)):
+        row = findings.figure1(frame, SCALE, 0.2)[which]
+        assert row["ci_over"] == "unmeasured" and not row["holds"] and math.isnan(row["measured"])
+        assert row["note"] and isinstance(row["note"], str)
+    late_note = findings.figure1(late, SCALE, 0.2)[0]["note"]
+    assert {0, 0.2, 100} <= set(_numbers(late_note))
+    assert "checkpoint" not in findings.figure1(one_variant, SCALE, 0.2)[0]["note"]
+
+
+def _figure2_children(with_memory=True):
+    """The last step 20 (step 10's values are noise the claims must not read); parents of 2 and 3
+    children. LM log-likelihood log(1/n) - g: g per seed 1, 1.5, 2 for n = 2 and 2, 2.5, 3 for
+    n = 3 (over all 5 children: 1.6, 2.1, 2.6). kNN-LM = LM + 0.9, 1.0, 1.1; LM + memory = LM
+    + 0.4, 0.5, 0.6 for n = 2 and LM - the same for n = 3 (over all: -0.08, -0.1, -0.12)."""
+    out = []
+    for seed in range(3):
+        for n, gaps in ((2, (1.0, 1.5, 2.0)), (3, (2.0, 2.5, 3.0))):
+            lm = math.log(1 / n) - gaps[seed]
+            memory = (0.4, 0.5, 0.6)[seed] * (1 if n == 2 else -1)
+            for method, value in (("lm", lm), ("knnlm", lm + (0.9, 1.0, 1.1)[seed]), ("lm_memory", lm + memory)):
+                if method == "lm_memory" and not with_memory:
+                    continue
+                for child in range(n):
+                    out.append({"parent": f"p{n}", "child": f"c{child}", "n_children": n, "seed": seed,
+                                "method": method, "step": 20, "loglik": value})
+                    out.append({"parent": f"p{n}", "child": f"c{child}", "n_children": n, "seed": seed,
+                                "method": method, "step": 10, "loglik": -50.0 + 3 * seed * child})
+    return pd.DataFrame(out)
+
+
+def test_figure2_claims_overall_and_per_number_of_children():
+    scale = {"model": "base step 20"}
+    rows = findings.figure2(_figure2_children(), scale)
+    got = {(r["finding"], r["n_children"]): r for r in rows}
+    assert len(rows) == len(got) == 9
+    expected = {
+        "overspecification_gap": {"all": [1.6, 2.1, 2.6], "2": [1.0, 1.5, 2.0], "3": [2.0, 2.5, 3.0]},
+        "knn_helps_overspecification": {n: [0.9, 1.0, 1.1] for n in ("all", "2", "3")},
+        "memory_helps_overspecification": {"all": [-0.08, -0.1, -0.12], "2": [0.4, 0.5, 0.6],
+                                           "3": [-0.4, -0.5, -0.6]},
+    }
+    for finding, by_n in expected.items():
+        for n, per_seed in by_n.items():
+            row = got[(finding, n)]
+            _check_row(row, finding, "3 seeds", n_children=n, rule="above 0", scale=scale)
+            assert _estimate(row) == pytest.approx(_t95(per_seed), rel=1e-9)
+            assert row["holds"] == (_t95(per_seed)[1] > 0)
+            assert _numbers(row["note"]) == [20]
+    # the intervals that hold start inside (0, 1] or above 1: the rule is "above 0"
+    for key in (("overspecification_gap", "2"), ("memory_helps_overspecification", "2")):
+        assert 0 < got[key]["ci_low"] < 1 and got[key]["holds"]
+    assert not got[("memory_helps_overspecification", "3")]["holds"]
+
+
+def test_figure2_without_a_memory_has_no_memory_rows():
+    rows = findings.figure2(_figure2_children(with_memory=False), {"model": "base step 20"})
+    assert [r["finding"] for r in rows] == ["overspecification_gap", "knn_helps_overspecification"] * 3
+
+
+def _figure3_children(fractions):
+    """n x p(child) = the given fraction: log-likelihood log(fraction / n), n = 2 for the first
+    half of the children and 4 for the rest; a kNN-LM row the claim must not read."""
+    half = len(fractions) // 2
+    n = np.array([2] * half + [4] * (len(fractions) - half))
+    lm = pd.DataFrame({"method": "lm", "n_children": n, "loglik": np.log(np.asarray(fractions) / n)})
+    return pd.concat([lm, lm.assign(method="knnlm", loglik=0.0)], ignore_index=True), n
+
+
+@pytest.mark.parametrize("fractions, holds", [([0.1, 0.3, 0.2, 0.45, 0.05, 0.25, 0.15, 0.35], True),
+                                              ([0.6, 0.9, 0.7, 1.2, 0.8, 0.65, 0.95, 0.75], False)])
+def test_figure3_fraction_of_the_perfect_likelihood(fractions, holds):
+    """Every child below 0.5 (above 0.5): every resample's mean is too, the claim holds (fails)."""
+    children, n = _figure3_children(fractions)
+    scale = {"model": "chat step 0"}
+    rows = findings.figure3(children, scale, RESAMPLES, SEED)
+    assert [r["n_children"] for r in rows] == ["all", "2", "4"]
+    fractions = np.asarray(fractions)
+    for row, part in zip(rows, (np.ones(len(n), bool), n == 2, n == 4)):
+        _check_row(row, "scaling_does_not_fix_overspecification", f"{part.sum()} prompts", n_children=row["n_children"],
+                   rule="below 0.5", scale=scale)
+        assert row["measured"] == pytest.approx(fractions[part].mean(), rel=1e-9)
+        expected = bootstrap_ci(fractions[part][:, None], lambda m: m[..., 0], RESAMPLES, SEED)
+        assert _estimate(row) == pytest.approx(expected, rel=1e-9)
+        assert row["holds"] == holds and (row["ci_high"] < 0.5) == holds
