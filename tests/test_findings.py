@@ -451,3 +451,74 @@ def test_figure3_fraction_of_the_perfect_likelihood(fractions, holds):
         expected = bootstrap_ci(fractions[part][:, None], lambda m: m[..., 0], RESAMPLES, SEED)
         assert _estimate(row) == pytest.approx(expected, rel=1e-9)
         assert row["holds"] == holds and (row["ci_high"] < 0.5) == holds
+
+
+# ---------------------------------------------------------------- scale, frame, Markdown, by scale
+
+
+@pytest.mark.parametrize("spec, shape", [
+    ({"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, "vocab_size": 100}, ("llama", 4, 64, 100)),
+    ({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "vocab_size": 50}, ("gpt2", 2, 32, 50)),
+])
+def test_scale_of_reads_either_spelling_of_the_model_shape(tmp_path, spec, shape):
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    point = {"model": "m", "step": 20, "train_tokens": 1000, "key": "k"}
+    assert findings.scale_of(tmp_path, point) == {**point, **dict(zip(["architecture", "n_layer", "n_embd",
+                                                                        "vocab_size"], shape))}
+
+
+def test_to_frame_keeps_the_columns_even_without_rows():
+    assert list(findings.to_frame([]).columns) == findings.COLUMNS
+    rows = findings.knn_gains((0.4, 0.2, 0.6), 3, SCALE) * 2
+    frame = findings.to_frame(rows)
+    assert list(frame.columns) == findings.COLUMNS and len(frame) == 2 and frame.measured.tolist() == [0.4, 0.4]
+
+
+def _md_frame():
+    """As read back from a findings CSV: a missing step, key or note is NaN."""
+    rows = [
+        {"finding": "a", "model": "m", "step": 20.0, "key": "mlp_input", "n_children": "all", "paper": "p1",
+         "measured": 0.123456, "ci_low": 0.1, "ci_high": 0.15, "holds": True, "criterion": "c1", "note": "note 7"},
+        {"finding": "b", "model": "pretrained", "step": np.nan, "key": np.nan, "n_children": "2", "paper": "p2",
+         "measured": -2.5, "ci_low": -3.25, "ci_high": -1.75, "holds": False, "criterion": "c2", "note": np.nan},
+        {"finding": "c", "model": "m", "step": 0.0, "key": "", "n_children": "all", "paper": "p3",
+         "measured": np.nan, "ci_low": np.nan, "ci_high": np.nan, "holds": False, "criterion": "c3", "note": ""},
+    ]
+    return pd.DataFrame(rows).reindex(columns=findings.COLUMNS)
+
+
+def test_markdown_shows_each_row_with_its_numbers():
+    lines = findings.markdown(_md_frame()).split("\n")
+    assert lines[-1] == "" and len(lines) == 6
+    table = lines[:-1]
+    assert all(line.startswith("|") and line.endswith("|") and line.count("|") == 8 for line in table)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert [c[:4] for c in cells] == [["a", "m step 20, key mlp_input", "all", "p1"], ["b", "pretrained", "2", "p2"],
+                                      ["c", "m step 0", "all", "p3"]]
+    for got, (measured, low, high) in zip((cells[0][4], cells[1][4]), ((0.123456, 0.1, 0.15), (-2.5, -3.25, -1.75))):
+        shown = [float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", got).groups()]
+        assert shown == pytest.approx([measured, low, high], rel=5e-3)  # 3 significant digits
+    assert cells[2][4] == "nan n/a"
+    assert [c[5] for c in cells] == ["yes", "no", "no"]
+    assert [c[6] for c in cells] == ["c1 (note 7)", "c2", "c3"]
+
+
+def test_by_scale_keeps_the_scale_claims_sorted_by_claim_and_scale():
+    rng = np.random.default_rng(0)
+    rows = []
+    for finding in ("knnlm_beats_lm", "memory_recovers_knn_gain", "overspecification_gap", "mlp_hurdle_in_projection"):
+        for key in ("mlp_input", "attn", np.nan):
+            for n_embd in (64, 8):
+                for step in (100.0, np.nan, 20.0):
+                    rows.append({"finding": finding, "key": key, "architecture": "gpt2", "n_layer": 2,
+                                 "n_embd": n_embd, "step": step, "measured": rng.normal()})
+    frame = pd.DataFrame(rows).reindex(columns=findings.COLUMNS).sample(frac=1.0, random_state=1)
+    out = findings.by_scale(frame)
+    assert list(out.columns) == findings.COLUMNS and list(out.index) == list(range(len(out)))
+
+    def order(row):  # missing values last, column by column
+        return tuple((1, 0) if pd.isna(row[c]) else (0, row[c])
+                     for c in ("finding", "key", "architecture", "n_layer", "n_embd", "step"))
+
+    expected = sorted((r for r in frame.to_dict("records") if r["finding"] != "overspecification_gap"), key=order)
+    assert out.measured.tolist() == [r["measured"] for r in expected]
