@@ -97,7 +97,7 @@ def _ppl_difference(means: np.ndarray) -> np.ndarray:
 
 
 def table1(per_token: pd.DataFrame, test_lm: np.ndarray, test_knnlm: np.ndarray, summary: pd.DataFrame,
-           scale: dict, setting: str, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+           scale: dict, setting: str, n_resamples: int, seed: int) -> list[dict]:
     """Table 1's claims at one scale point, the kNN-LM interpolated at `setting` (FIXED or TUNED:
     table1.projection.interpolation)."""
     tokens = f"{len(per_token)} test tokens"
@@ -163,7 +163,7 @@ def _recovered(means: np.ndarray) -> np.ndarray:
 
 
 def memory(tokens: pd.DataFrame, table: pd.DataFrame, main: str, control: str | None, head: str, scale: dict,
-           n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+           n_resamples: int, seed: int) -> list[dict]:
     """The parametric memory's claims at one kNN-LM point (memory.tables' per-token columns)."""
     over, mix = f"{len(tokens)} test tokens", f"lm_memory_{main}"
 
@@ -287,7 +287,7 @@ def figure2(children: pd.DataFrame, scale: dict) -> list[dict]:
     return rows
 
 
-def figure3(children: pd.DataFrame, scale: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict]:
+def figure3(children: pd.DataFrame, scale: dict, n_resamples: int, seed: int) -> list[dict]:
     """Figure 3's claim: the fine-tuned chat model's likelihood against the perfect 1/n."""
     lm = children[children.method == "lm"]
     rows = []
