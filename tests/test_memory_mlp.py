@@ -264,3 +264,209 @@ def test_a_gpu_timing_drains_the_queue_inside_the_timer(monkeypatch):
     assert row["search_seconds_per_1000"] == pytest.approx(0.7 * 100, rel=1e-9)
     assert row["memory_seconds_per_1000"] == pytest.approx(0.7 * 100, rel=1e-9)
 
+
+
+# ---------------------------------------------------------------- the train_memory job, in process
+
+VOCAB, WIDTH, SHARD_SIZES, K = 40, 8, (70, 50), 4
+TRAIN = {"epochs": 2.0, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "weight_decay": 0.01, "save_every": None,
+         "seed": 3}
+JOBS = {  # the imitation memory through IVF shard indexes re-ranked; keys to values searched exactly
+    "imitation": {"alpha": 0.5, "head": "lm", "index": "IVF4,Flat", "search": {"k": K, "nprobe": 2, "rerank": True}},
+    "values": {"alpha": 0.0, "head": "lm_frozen", "index": None, "search": {"k": K, "nprobe": 1, "rerank": False}},
+}
+
+
+@pytest.fixture(scope="module")
+def memory_jobs(tmp_path_factory):
+    """train_and_evaluate as scripts/memory.py calls it, on a datastore of 120 entries in two
+    shards, 30 of them with a kNN target, an LM of width 8, and 20 / 30 query keys; the
+    searches it times recorded. {name: (inputs, outputs, searches seen)}."""
+    root = tmp_path_factory.mktemp("memory_jobs")
+    rng = np.random.default_rng(5)
+    n = sum(SHARD_SIZES)
+    keys = rng.standard_normal((n, WIDTH)).astype(np.float16)
+    values = rng.integers(0, VOCAB, n).astype(np.int32)
+    key_files, value_files, manifests = [], [], []
+    for s, (a, b) in enumerate(zip(np.cumsum((0,) + SHARD_SIZES)[:-1], np.cumsum(SHARD_SIZES))):
+        folder = root / f"shard-{s}"
+        folder.mkdir()
+        np.save(folder / "keys.npy", keys[a:b])
+        np.save(folder / "values.npy", values[a:b])
+        shards.write_manifest(folder / "shard.json", s, 2, int(a), int(b - a), (s, s + 1))
+        key_files.append(folder / "keys.npy")
+        value_files.append(folder / "values.npy")
+        manifests.append(folder / "shard.json")
+    rows = memory.kl_sample(n, 30, seed=1)
+    exact = index.Searcher.in_memory(keys, {"exact_index": "exact", "exact_max_keys": 10**9, "nprobe": 1,
+                                            "rerank": False})
+    answer = shards.answer(exact, values, keys[rows].astype(np.float32), K + 1, 0)
+    memory.write_kl_targets(root / "kl", rows, [answer], K, 1.0)
+    lm_model.build_model(VOCAB, 1, WIDTH, 2, 16, seed=2).save_pretrained(root / "lm")
+    queries, found = {}, {}
+    for split, m in (("valid", 20), ("test", 30)):
+        queries[split] = root / f"{split}_queries.npy"
+        np.save(queries[split], rng.standard_normal((m, WIDTH)).astype(np.float16))
+        found[split] = root / f"{split}.npz"
+        SearchResults(targets=rng.integers(0, VOCAB, m), lm_logprob=np.zeros(m, np.float32),
+                      example=np.arange(m)).save(found[split])
+    index.write_trained(root / "trained", key_files, "IVF4,Flat", 10**6)
+    index_dirs = [root / f"shard-{s}" / "index" for s in range(2)]
+    for key_file, folder in zip(key_files, index_dirs):
+        index.write_shard(folder, root / "trained", key_file)
+    inputs = {"keys": keys, "values": values, "rows": rows, "kl": root / "kl", "lm": root / "lm", "queries": queries,
+              "found": found}
+    jobs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        seen = []
+        search = shards.ShardedSearch.search
+
+        def recorded(self, q, k):
+            seen.append((self.kind, np.array(q), k))
+            return search(self, q, k)
+        patch.setattr(shards.ShardedSearch, "search", recorded)
+        for name, job in JOBS.items():
+            out = {part: root / name / part for part in ("model", "logprobs.npz", "footprint.csv", "costs.csv")}
+            seen.clear()
+            memory_mlp.train_and_evaluate(
+                key_files, value_files, manifests, root / "kl" if job["alpha"] > 0 else None, root / "lm", queries,
+                found, index_dirs if job["index"] else None, out["model"], out["logprobs.npz"], out["footprint.csv"],
+                out["costs.csv"], root / name / "work", {"layers": 1, "expansion": 2, "head": job["head"]},
+                job["alpha"], TRAIN, job["search"], 5, 1)
+            jobs[name] = (inputs, out, list(seen))
+    return jobs
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_job_trains_the_memory_fit_trains_on_the_whole_datastore(memory_jobs, name):
+    """The published memory: the one fit() trains in memory on the shards' keys and values laid
+    end to end (and the kNN targets where the memory imitates), from the LM's head, with the
+    job's shape, seed, epochs, batch, warm-up and alpha."""
+    inputs, out, _ = memory_jobs[name]
+    job = JOBS[name]
+    lm = lm_model.load_lm(str(inputs["lm"]))
+    want = memory_mlp.build(WIDTH, VOCAB, 1, 2, job["head"], lm, TRAIN["seed"]).to(best_device())
+    kl = memory.kl_targets(inputs["kl"]) if job["alpha"] > 0 else ()
+    data = memory_mlp.MemoryData(inputs["keys"], inputs["values"], *kl)
+    memory_mlp.fit(want, data, memory_mlp.settings(len(data), **TRAIN), job["alpha"])
+    got = memory_mlp.MemoryMLP.from_pretrained(str(out["model"]))
+    assert got.config.layers == 1 and got.config.expansion == 2
+    # the same steps in the same process: equal on a CPU (tolerance for a GPU's atomics)
+    for key, value in want.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[key], value.cpu(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_jobs_log_probs_are_its_memorys_softmax_at_the_targets(memory_jobs, name):
+    """log p_memory(target | query key) of every evaluated position, dense float64 log-softmax of
+    the published memory at the split's query keys."""
+    inputs, out, _ = memory_jobs[name]
+    model = memory_mlp.MemoryMLP.from_pretrained(str(out["model"]))
+    written = io.load_npz(out["logprobs.npz"])
+    assert set(written) == {"valid", "test"}
+    for split in ("valid", "test"):
+        q = torch.from_numpy(np.load(inputs["queries"][split]).astype(np.float32))
+        log_p = torch.log_softmax(model(q).double(), 1).detach().numpy()
+        targets = SearchResults.load(inputs["found"][split]).targets
+        # float32 logits of size ~1: rounding ~1e-6
+        np.testing.assert_allclose(written[split], log_p[np.arange(len(targets)), targets], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_jobs_footprint_in_closed_form(memory_jobs, name):
+    """Parameters and bytes from the published memory's tensors (its head not stored when it is
+    the LM's own), ceil(epochs n / batch) steps, 6 FLOPs a parameter an entry an epoch less 2
+    a parameter not trained; the kNN targets' search FLOPs by hand: none without targets, else
+    each target's key in both IVF4 shards, 2 d a coarse centroid, 2 d a key of the 2 of 4 lists
+    probed, and 2 d a re-ranked neighbour (k + 1) a shard."""
+    inputs, out, _ = memory_jobs[name]
+    job = JOBS[name]
+    model = memory_mlp.MemoryMLP.from_pretrained(str(out["model"]))
+    head = model.head.weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - head
+    stored = body + (0 if job["head"] == "lm_frozen" else head)
+    trained = stored  # the frozen head neither stored nor trained
+    n, d = sum(SHARD_SIZES), WIDTH
+    per_target = 2 * (2 * 4 * d) + n * (2 / 4) * (2 * d) + 2 * (2 * d * (K + 1))
+    footprint = pd.read_csv(out["footprint.csv"])
+    assert footprint.to_dict("records") == [{
+        "params_body": body, "params_head": head, "bytes_fp32": 4 * stored, "bytes_fp16": 2 * stored,
+        "bytes_fp32_with_head": 4 * (body + head), "bytes_fp32_without_head": 4 * body,
+        "train_steps": math.ceil(TRAIN["epochs"] * n / TRAIN["batch_size"]),
+        "train_flops": n * TRAIN["epochs"] * (4 * (body + head) + 2 * trained),
+        "target_search_flops": 30 * per_target if job["alpha"] > 0 else 0.0}]
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_jobs_query_costs_time_its_own_search_and_memory(memory_jobs, name):
+    """One row a device (the CPU; on a GPU machine the GPU too, or why not), named by the
+    search's kind; the search timed is the job's sharded search, once untimed and twice timed,
+    for k neighbours of the first `timing_queries` test query keys in float32."""
+    inputs, out, seen = memory_jobs[name]
+    job = JOBS[name]
+    costs = pd.read_csv(out["costs.csv"], keep_default_na=False)
+    assert list(costs.columns) == ["queries", "search", "search_device", "search_threads", "search_seconds_per_1000",
+                                   "memory_device", "memory_threads", "memory_seconds_per_1000", "note"]
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    assert list(costs.search_device) == devices and list(costs.memory_device) == devices
+    kind = job["index"] or "exact"
+    assert (costs.search == kind).all() and (costs.queries == 5).all()
+    assert (costs.search_threads == 1).all() and (costs.memory_threads == 1).all()
+    cpu = costs.iloc[0]
+    assert cpu.note == "" and 0 < cpu.search_seconds_per_1000 < 1e4 and 0 < cpu.memory_seconds_per_1000 < 1e4
+    want = np.load(inputs["queries"]["test"])[:5].astype(np.float32)
+    assert len(seen) == 3
+    for searched_kind, q, k in seen:
+        assert searched_kind == kind and k == K and q.dtype == np.float32
+        np.testing.assert_array_equal(q, want)
+
+
+# ---------------------------------------------------------------- the more_training job's step count
+
+
+@pytest.mark.parametrize("control_budget, head", [("epochs", "lm"), ("compute", "lm_frozen")])
+def test_the_controls_steps_are_the_memorys_epochs_or_its_compute_with_a_frozen_head(tmp_path, monkeypatch,
+                                                                                    control_budget, head):
+    """more_training's added steps in closed form. 'epochs': the memory's epochs over the
+    training split's tokens, ceil(epochs tokens / tokens a step). 'compute' with the LM's frozen
+    head: the memory's training, 4 FLOPs a parameter an entry an epoch and 2 more a trained (body)
+    parameter, plus its kNN targets' exact search, 2 n^2 d, at 6 FLOPs an LM parameter a token.
+    The continuation itself (train.train, stood in for here) is test_memory's."""
+    from knnlm_limits.tokens import save_stream
+
+    vocab, d, block, batch_size, n_entries, epochs, step = 90, 16, 4, 2, 300, 2.0, 3
+    rng = np.random.default_rng(4)
+    save_stream(tmp_path / "train.npz", rng.integers(0, vocab, 250))
+    splits = {split: tmp_path / f"{split}.npz" for split in ("valid", "test")}
+    for path in splits.values():
+        save_stream(path, rng.integers(0, vocab, 3 * block))
+    lm = lm_model.build_model(vocab, 1, d, 2, 16, seed=1)
+    lm.save_pretrained(tmp_path / "lm")
+    torch.save({}, tmp_path / "lm" / "optimizer.pt")
+    shards.write_manifest(tmp_path / "shard.json", 0, 1, 0, n_entries, (0, 1))
+    started = []
+    monkeypatch.setattr(train, "train", lambda model, examples, s, out_dirs, work_dir, log=None, start=None:
+                        started.append((s, out_dirs, start)))
+    target_search = {"n": None, "k": 8, "nprobe": 1, "rerank": False, "shards": 1, "kind": "exact"}
+    memory_mlp.more_training(tmp_path / "lm", tmp_path / "train.npz", [tmp_path / "shard.json"], splits,
+                             tmp_path / "more", tmp_path / "more.npz", tmp_path / "work", step,
+                             {"batch_size": batch_size, "lr": 1e-3, "warmup_steps": 0}, 5,
+                             {"block_size": block, "stride": 2}, {"layers": 1, "expansion": 2, "head": head},
+                             {"control_budget": control_budget, "epochs": epochs, "target_search": target_search},
+                             4096)
+    tokens_per_step = batch_size * block
+    lm_params = sum(p.numel() for p in lm.parameters())
+    mem = memory_mlp.build(d, vocab, 1, 2, head="random")
+    head_params = mem.head.weight.numel()
+    body = sum(p.numel() for p in mem.parameters()) - head_params
+
+    def compute_steps(trained):
+        flops = n_entries * epochs * (4 * (body + head_params) + 2 * trained) + 2 * n_entries**2 * d
+        return math.ceil(flops / (6 * lm_params * tokens_per_step))
+    by_epochs = math.ceil(epochs * 250 / tokens_per_step)
+    extra = by_epochs if control_budget == "epochs" else compute_steps(body)
+    # the case tells the budgets apart, and a head counted as trained
+    assert len({by_epochs, compute_steps(body), compute_steps(body + head_params)}) == 3
+    assert int(io.load_npz(tmp_path / "more.npz")["extra_steps"]) == extra
+    [(s, out_dirs, start)] = started
+    assert s.checkpoints == [step + extra] and out_dirs == {step + extra: tmp_path / "more"} and start.step == step
