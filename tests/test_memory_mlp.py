@@ -161,6 +161,14 @@ def test_a_batch_without_knn_targets_has_none():
     assert len(b.kl) == 0 and b.kl_values.shape[0] == 0 and len(b.kl_neg_entropy) == 0
 
 
+def test_a_runs_fingerprint_comes_out_the_same_each_time():
+    """A killed run resumes only if its rerun's fingerprint is the same: the rows of the key
+    file it probes (4,096 of 5,000 here) are a seeded sample, not a fresh one."""
+    keys = np.arange(10_000, dtype=np.float32).reshape(5000, 2)
+    a, b = (memory_mlp.MemoryData(keys, np.zeros(5000, np.int32)).fingerprint_arrays() for _ in range(2))
+    assert len(a[3]) == 4096 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 # ---------------------------------------------------------------- the epoch order
 
 
@@ -281,7 +289,7 @@ JOBS = {  # the imitation memory through IVF shard indexes re-ranked; keys to va
 def memory_jobs(tmp_path_factory):
     """train_and_evaluate as scripts/memory.py calls it, on a datastore of 120 entries in two
     shards, 30 of them with a kNN target, an LM of width 8, and 20 / 30 query keys; the
-    searches it times recorded. {name: (inputs, outputs, searches seen)}."""
+    searches it times and the GPU searches it asks for recorded. {name: (inputs, outputs, calls)}."""
     root = tmp_path_factory.mktemp("memory_jobs")
     rng = np.random.default_rng(5)
     n = sum(SHARD_SIZES)
@@ -322,19 +330,34 @@ def memory_jobs(tmp_path_factory):
         search = shards.ShardedSearch.search
 
         def recorded(self, q, k):
-            seen.append((self.kind, np.array(q), k))
+            seen.append((self.kind, np.array(q), k, [searcher.threads for searcher in self.searchers]))
             return search(self, q, k)
         patch.setattr(shards.ShardedSearch, "search", recorded)
+        asked, on_gpu = [], shards.gpu_search
+
+        def gpu_search(sharded, k):
+            asked.append((sharded.kind, k))
+            return on_gpu(sharded, k)
+        patch.setattr(shards, "gpu_search", gpu_search)
         for name, job in JOBS.items():
             out = {part: root / name / part for part in ("model", "logprobs.npz", "footprint.csv", "costs.csv")}
             seen.clear()
+            asked.clear()
+            if name == "values":  # as on a GPU machine, the memory kept on the CPU: the GPU pair's row too
+                patch.setattr(torch.cuda, "is_available", lambda: True)
+                patch.setattr(lm_model, "best_device", lambda: torch.device("cpu"))
             memory_mlp.train_and_evaluate(
                 key_files, value_files, manifests, root / "kl" if job["alpha"] > 0 else None, root / "lm", queries,
                 found, index_dirs if job["index"] else None, out["model"], out["logprobs.npz"], out["footprint.csv"],
                 out["costs.csv"], root / name / "work", {"layers": 1, "expansion": 2, "head": job["head"]},
                 job["alpha"], TRAIN, job["search"], 5, 1)
-            jobs[name] = (inputs, out, list(seen))
+            jobs[name] = (inputs, out, {"search": list(seen), "gpu_search": list(asked)})
     return jobs
+
+
+def _gpu_pair(name):
+    """Whether the job's costs have a GPU row: on a GPU machine, and for 'values' anywhere."""
+    return name == "values" or torch.cuda.is_available()
 
 
 @pytest.mark.parametrize("name", JOBS)
@@ -345,7 +368,8 @@ def test_the_job_trains_the_memory_fit_trains_on_the_whole_datastore(memory_jobs
     inputs, out, _ = memory_jobs[name]
     job = JOBS[name]
     lm = lm_model.load_lm(str(inputs["lm"]))
-    want = memory_mlp.build(WIDTH, VOCAB, 1, 2, job["head"], lm, TRAIN["seed"]).to(best_device())
+    device = "cpu" if name == "values" else best_device()
+    want = memory_mlp.build(WIDTH, VOCAB, 1, 2, job["head"], lm, TRAIN["seed"]).to(device)
     kl = memory.kl_targets(inputs["kl"]) if job["alpha"] > 0 else ()
     data = memory_mlp.MemoryData(inputs["keys"], inputs["values"], *kl)
     memory_mlp.fit(want, data, memory_mlp.settings(len(data), **TRAIN), job["alpha"])
@@ -400,24 +424,37 @@ def test_the_jobs_footprint_in_closed_form(memory_jobs, name):
 @pytest.mark.parametrize("name", JOBS)
 def test_the_jobs_query_costs_time_its_own_search_and_memory(memory_jobs, name):
     """One row a device (the CPU; on a GPU machine the GPU too, or why not), named by the
-    search's kind; the search timed is the job's sharded search, once untimed and twice timed,
-    for k neighbours of the first `timing_queries` test query keys in float32."""
-    inputs, out, seen = memory_jobs[name]
+    search's kind; the search timed is the job's sharded search with the job's threads, once
+    untimed and twice timed, for k neighbours of the first `timing_queries` test query keys in
+    float32."""
+    inputs, out, calls = memory_jobs[name]
     job = JOBS[name]
-    costs = pd.read_csv(out["costs.csv"], keep_default_na=False)
+    costs = pd.read_csv(out["costs.csv"])
+    notes = costs.note.astype(object).fillna("")  # an empty note is read as NaN
     assert list(costs.columns) == ["queries", "search", "search_device", "search_threads", "search_seconds_per_1000",
                                    "memory_device", "memory_threads", "memory_seconds_per_1000", "note"]
-    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    devices = ["cpu", "cuda"] if _gpu_pair(name) else ["cpu"]
     assert list(costs.search_device) == devices and list(costs.memory_device) == devices
     kind = job["index"] or "exact"
     assert (costs.search == kind).all() and (costs.queries == 5).all()
     assert (costs.search_threads == 1).all() and (costs.memory_threads == 1).all()
     cpu = costs.iloc[0]
-    assert cpu.note == "" and 0 < cpu.search_seconds_per_1000 < 1e4 and 0 < cpu.memory_seconds_per_1000 < 1e4
+    assert notes[0] == "" and 0 < cpu.search_seconds_per_1000 < 1e4 and 0 < cpu.memory_seconds_per_1000 < 1e4
+    if _gpu_pair(name):
+        gpu, why = costs.iloc[1], index.faiss_gpu_unavailable()
+        if why is None and job["search"]["rerank"]:
+            why = "its exact re-ranking reads the key file on the host"
+        if why is None:  # FAISS's GPU build, on a GPU: timed there
+            assert notes[1] == "" and gpu.search_seconds_per_1000 > 0 and gpu.memory_seconds_per_1000 > 0
+        else:
+            assert notes[1] == f"cuda pair skipped: {why}"
+            assert np.isnan(gpu.search_seconds_per_1000) and np.isnan(gpu.memory_seconds_per_1000)
     want = np.load(inputs["queries"]["test"])[:5].astype(np.float32)
-    assert len(seen) == 3
-    for searched_kind, q, k in seen:
+    assert calls["gpu_search"] == ([(kind, K)] if _gpu_pair(name) else [])
+    assert len(calls["search"]) == 3
+    for searched_kind, q, k, threads in calls["search"]:
         assert searched_kind == kind and k == K and q.dtype == np.float32
+        assert threads == [1, 1]  # each shard's re-ranking reads the key file with the job's threads
         np.testing.assert_array_equal(q, want)
 
 
