@@ -388,13 +388,6 @@ def query_costs(searches: dict, model: MemoryMLP, queries: np.ndarray, threads: 
     return [{"queries": len(queries), **row} for row in rows]
 
 
-def load(folder) -> MemoryMLP:
-    from .model import best_device
-
-    return MemoryMLP.from_pretrained(str(folder), dtype=torch.float32).to(best_device())
-
-
-
 # ---------------------------------------------------------------- the stage's jobs
 
 
