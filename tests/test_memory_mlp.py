@@ -322,7 +322,7 @@ def memory_jobs(tmp_path_factory):
     index_dirs = [root / f"shard-{s}" / "index" for s in range(2)]
     for key_file, folder in zip(key_files, index_dirs):
         index.write_shard(folder, root / "trained", key_file)
-    inputs = {"keys": keys, "values": values, "rows": rows, "kl": root / "kl", "lm": root / "lm", "queries": queries,
+    inputs = {"keys": keys, "values": values, "kl": root / "kl", "lm": root / "lm", "queries": queries,
               "found": found}
     jobs = {}
     with pytest.MonkeyPatch.context() as patch:
