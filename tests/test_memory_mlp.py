@@ -273,7 +273,6 @@ def test_a_gpu_timing_drains_the_queue_inside_the_timer(monkeypatch):
     assert row["memory_seconds_per_1000"] == pytest.approx(0.7 * 100, rel=1e-9)
 
 
-
 # ---------------------------------------------------------------- the train_memory job, in process
 
 VOCAB, WIDTH, SHARD_SIZES, K = 40, 8, (70, 50), 4
