@@ -284,12 +284,14 @@ JOBS = {  # the imitation memory through IVF shard indexes re-ranked; keys to va
 }
 
 
-@pytest.fixture(scope="module")
-def memory_jobs(tmp_path_factory):
-    """train_and_evaluate as scripts/memory.py calls it, on a datastore of 120 entries in two
-    shards, 30 of them with a kNN target, an LM of width 8, and 20 / 30 query keys; the
-    searches it times and the GPU searches it asks for recorded. {name: (inputs, outputs, calls)}."""
-    root = tmp_path_factory.mktemp("memory_jobs")
+@pytest.fixture
+def memory_job(tmp_path, name):
+    """train_and_evaluate as scripts/memory.py calls it for the job `name`, on a datastore of 120
+    entries in two shards, 30 of them with a kNN target, an LM of width 8, and 20 / 30 query
+    keys; the searches it times and the GPU searches it asks for recorded: (inputs, outputs,
+    calls). Function-scoped, so that every test runs the job: mutmut maps a function to the tests
+    that called it, and a module-scoped fixture's calls count for its first test alone."""
+    root = tmp_path
     rng = np.random.default_rng(5)
     n = sum(SHARD_SIZES)
     keys = rng.standard_normal((n, WIDTH)).astype(np.float16)
@@ -323,7 +325,6 @@ def memory_jobs(tmp_path_factory):
         index.write_shard(folder, root / "trained", key_file)
     inputs = {"keys": keys, "values": values, "kl": root / "kl", "lm": root / "lm", "queries": queries,
               "found": found}
-    jobs = {}
     with pytest.MonkeyPatch.context() as patch:
         seen = []
         search = shards.ShardedSearch.search
@@ -338,20 +339,17 @@ def memory_jobs(tmp_path_factory):
             asked.append((sharded.kind, k))
             return on_gpu(sharded, k)
         patch.setattr(shards, "gpu_search", gpu_search)
-        for name, job in JOBS.items():
-            out = {part: root / name / part for part in ("model", "logprobs.npz", "footprint.csv", "costs.csv")}
-            seen.clear()
-            asked.clear()
-            if name == "values":  # as on a GPU machine, the memory kept on the CPU: the GPU pair's row too
-                patch.setattr(torch.cuda, "is_available", lambda: True)
-                patch.setattr(lm_model, "best_device", lambda: torch.device("cpu"))
-            memory_mlp.train_and_evaluate(
-                key_files, value_files, manifests, root / "kl" if job["alpha"] > 0 else None, root / "lm", queries,
-                found, index_dirs if job["index"] else None, out["model"], out["logprobs.npz"], out["footprint.csv"],
-                out["costs.csv"], root / name / "work", {"layers": 1, "expansion": 2, "head": job["head"]},
-                job["alpha"], TRAIN, job["search"], 5, 1)
-            jobs[name] = (inputs, out, {"search": list(seen), "gpu_search": list(asked)})
-    return jobs
+        job = JOBS[name]
+        out = {part: root / name / part for part in ("model", "logprobs.npz", "footprint.csv", "costs.csv")}
+        if name == "values":  # as on a GPU machine, the memory kept on the CPU: the GPU pair's row too
+            patch.setattr(torch.cuda, "is_available", lambda: True)
+            patch.setattr(lm_model, "best_device", lambda: torch.device("cpu"))
+        memory_mlp.train_and_evaluate(
+            key_files, value_files, manifests, root / "kl" if job["alpha"] > 0 else None, root / "lm", queries,
+            found, index_dirs if job["index"] else None, out["model"], out["logprobs.npz"], out["footprint.csv"],
+            out["costs.csv"], root / name / "work", {"layers": 1, "expansion": 2, "head": job["head"]},
+            job["alpha"], TRAIN, job["search"], 5, 1)
+    return inputs, out, {"search": seen, "gpu_search": asked}
 
 
 def _gpu_pair(name):
@@ -360,11 +358,11 @@ def _gpu_pair(name):
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_the_job_trains_the_memory_fit_trains_on_the_whole_datastore(memory_jobs, name):
+def test_the_job_trains_the_memory_fit_trains_on_the_whole_datastore(memory_job, name):
     """The published memory: the one fit() trains in memory on the shards' keys and values laid
     end to end (and the kNN targets where the memory imitates), from the LM's head, with the
     job's shape, seed, epochs, batch, warm-up and alpha."""
-    inputs, out, _ = memory_jobs[name]
+    inputs, out, _ = memory_job
     job = JOBS[name]
     lm = lm_model.load_lm(str(inputs["lm"]))
     device = "cpu" if name == "values" else best_device()
@@ -380,10 +378,10 @@ def test_the_job_trains_the_memory_fit_trains_on_the_whole_datastore(memory_jobs
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_the_jobs_log_probs_are_its_memorys_softmax_at_the_targets(memory_jobs, name):
+def test_the_jobs_log_probs_are_its_memorys_softmax_at_the_targets(memory_job, name):
     """log p_memory(target | query key) of every evaluated position, dense float64 log-softmax of
     the published memory at the split's query keys."""
-    inputs, out, _ = memory_jobs[name]
+    inputs, out, _ = memory_job
     model = memory_mlp.MemoryMLP.from_pretrained(str(out["model"]))
     written = io.load_npz(out["logprobs.npz"])
     assert set(written) == {"valid", "test"}
@@ -396,13 +394,13 @@ def test_the_jobs_log_probs_are_its_memorys_softmax_at_the_targets(memory_jobs, 
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_the_jobs_footprint_in_closed_form(memory_jobs, name):
+def test_the_jobs_footprint_in_closed_form(memory_job, name):
     """Parameters and bytes from the published memory's tensors (its head not stored when it is
     the LM's own), ceil(epochs n / batch) steps, 6 FLOPs a parameter an entry an epoch less 2
     a parameter not trained; the kNN targets' search FLOPs by hand: none without targets, else
     each target's key in both IVF4 shards, 2 d a coarse centroid, 2 d a key of the 2 of 4 lists
     probed, and 2 d a re-ranked neighbour (k + 1) a shard."""
-    inputs, out, _ = memory_jobs[name]
+    inputs, out, _ = memory_job
     job = JOBS[name]
     model = memory_mlp.MemoryMLP.from_pretrained(str(out["model"]))
     head = model.head.weight.numel()
@@ -421,12 +419,12 @@ def test_the_jobs_footprint_in_closed_form(memory_jobs, name):
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_the_jobs_query_costs_time_its_own_search_and_memory(memory_jobs, name):
+def test_the_jobs_query_costs_time_its_own_search_and_memory(memory_job, name):
     """One row a device (the CPU; on a GPU machine the GPU too, or why not), named by the
     search's kind; the search timed is the job's sharded search with the job's threads, once
     untimed and twice timed, for k neighbours of the first `timing_queries` test query keys in
     float32."""
-    inputs, out, calls = memory_jobs[name]
+    inputs, out, calls = memory_job
     job = JOBS[name]
     costs = pd.read_csv(out["costs.csv"])
     notes = costs.note.astype(object).fillna("")  # an empty note is read as NaN
