@@ -143,7 +143,8 @@ def test_an_epoch_visits_every_entry_once_in_blocks():
 
 
 @pytest.mark.parametrize("kind, rerank, counted", [
-    ("exact", False, {"keys", "values"}), ("Flat", False, {"values", "index"}),
+    ("exact", False, {"keys", "values"}), ("exact", True, {"keys", "values"}), ("Flat", False, {"values", "index"}),
+    ("Flat", True, {"values", "index"}), ("SQfp16", True, {"values", "index"}),
     ("IVF32,PQ8", False, {"values", "index"}), ("IVF32,PQ8", True, {"keys", "values", "index"})])
 def test_a_datastores_bytes_are_what_its_search_reads(tmp_path, kind, rerank, counted):
     """Over every shard: keys count where the search reads them (exact blocks, or exact
