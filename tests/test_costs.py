@@ -1,7 +1,6 @@
 """The cost model and the plan: sizes against real objects, requests against their rules."""
 
 import json
-import faiss
 import pandas as pd
 import pytest
 import torch  # noqa: F401  (transformers' model classes below)
@@ -84,18 +83,6 @@ def test_model_size_of_a_shape_and_of_a_saved_model(arch, drop_last_mlp, tmp_pat
     spec = json.loads((tmp_path / "config.json").read_text())
     assert spec["model_type"].endswith("_no_last_mlp") == drop_last_mlp
     assert costs.model_size(spec)["params"] == _parameters(lm)
-
-
-@pytest.mark.parametrize("factory, dim", [("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32)])
-def test_ivf_shape_matches_faiss(factory, dim):
-    from knnlm_limits.index import code_scan_flops, ivf_shape
-
-    index = faiss.index_factory(dim, factory)
-    ivf = faiss.extract_index_ivf(index)
-    assert ivf_shape(factory, dim) == (ivf.nlist, ivf.code_size)
-    # a PQ code is scanned with one addition per sub-quantiser; any other code by its distance
-    pq = faiss.downcast_index(ivf)
-    assert code_scan_flops(factory, dim) == (pq.pq.M if isinstance(pq, faiss.IndexIVFPQ) else 2 * dim)
 
 
 def test_estimates_grow_with_the_data_and_not_otherwise():

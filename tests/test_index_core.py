@@ -27,6 +27,7 @@ def _faiss_shape(factory: str, d: int) -> tuple[int, int, int]:
     ("IVF8,PQ4", 16), ("IVF8,PQ4x4", 16), ("PQ4", 16), ("PQ5x4", 20), ("IVF8,PQ5x4", 20), ("PQ3x3", 12),
     ("IVF8,SQ8", 16), ("IVF8,SQfp16", 16), ("SQfp16", 16), ("IVF8,Flat", 16), ("Flat", 16),
     ("IVF64_HNSW8,PQ4", 16), ("IVF64,PQ4np", 16), ("IVF64,PQ4x4fs", 16), ("OPQ4,IVF8,PQ4", 16),
+    ("IVF64,PQ16", 128), ("IVF32,PQ8x8", 64), ("IVF16,SQ8", 32), ("IVF16,Flat", 32),
 ])
 def test_ivf_shape_and_scan_flops_are_those_of_the_index_faiss_builds(factory, d):
     """The cost and memory estimates' list count, code bytes and scan FLOPs are FAISS's own."""

@@ -38,6 +38,7 @@ BLOCK_BYTES = 128 * 2**20  # float32 bytes of one key block in exact search (bou
 WIDEN_ROWS = 16_384  # float16 rows read and widened at a time into the block
 RERANK_BYTES = 128 * 2**20  # float32 neighbour vectors of one sub-batch of re-ranked queries (~2x in all)
 READ_THREADS = 4  # readers of the key file in re-ranking (random reads want several in flight)
+PQ_PART = re.compile(r"PQ(\d+)(?:x(\d+))?")  # a factory's PQ<m>[x<bits>], then suffixes ('np', 'fs')
 
 
 class IndexConfigError(ValueError):
@@ -151,7 +152,7 @@ def ivf_shape(factory: str, d: int) -> tuple[int, int]:
     for part in factory.split(","):
         if ivf := re.match(r"IVF(\d+)", part):  # the list count only: 'IVF64_HNSW32' has 64 lists
             nlist = int(ivf[1])
-        elif pq := re.match(r"PQ(\d+)(?:x(\d+))?", part):  # PQ<m>[x<bits>], then suffixes ('np', 'fs')
+        elif pq := PQ_PART.match(part):
             code = (int(pq[1]) * int(pq[2] or 8) + 7) // 8  # FAISS rounds a code's bits up to whole bytes
         elif part == "SQ8":
             code = d
@@ -170,7 +171,7 @@ def code_scan_flops(factory: str, d: int) -> int:
     """FLOPs of comparing a query with one stored code of `factory` while scanning a list: one
     table look-up addition per sub-quantiser of a PQ code, a distance (2 d) for a Flat or SQ code."""
     for part in factory.split(","):
-        if pq := re.match(r"PQ(\d+)", part):  # PQ<m>[x<bits>][np|fs]
+        if pq := PQ_PART.match(part):
             return int(pq[1])
     return 2 * d
 
