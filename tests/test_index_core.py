@@ -205,9 +205,10 @@ def test_a_shard_with_no_index_is_searched_exactly_and_says_so(tmp_path, keys16)
     _assert_nearest(keys16[:500], queries, searcher.search(queries, 5)[1], 5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ivf_flat(keys16):
-    """IVF8,Flat over keys16: with all 8 lists probed, an exact search."""
+    """IVF8,Flat over keys16: with all 8 lists probed, an exact search. Built for each test: a
+    Searcher sets its index's nprobe, and mutmut credits a shared fixture's build to one test."""
     return index.build(keys16, "IVF8,Flat", train_sample=1000)
 
 
